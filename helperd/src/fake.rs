@@ -39,6 +39,14 @@ pub struct Recording {
 }
 
 impl Recording {
+    /// A fake host with these addresses.
+    pub fn with_hosts(hosts: Vec<IpAddr>) -> Recording {
+        Recording {
+            hosts,
+            ..Recording::default()
+        }
+    }
+
     /// Every call so far.
     pub fn calls(&self) -> Vec<Call> {
         self.calls
