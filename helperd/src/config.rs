@@ -228,6 +228,12 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_file_states_the_defaults() {
+        let packaged = parse(include_str!("../../packaging/helperd.toml")).expect("valid");
+        assert_eq!(packaged, parse("").expect("defaults"));
+    }
+
+    #[test]
     fn missing_file_means_defaults() {
         let config = Config::load(Path::new("/nonexistent/helperd.toml")).expect("defaults");
         assert_eq!(config, parse("").expect("defaults"));

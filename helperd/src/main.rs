@@ -1,6 +1,7 @@
 //! `erlbridge-helperd [--config FILE] [--socket PATH]`: load the configuration, bind the socket,
 //! keep only CAP_NET_ADMIN, serve until SIGTERM or SIGINT, and leave no rule behind.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

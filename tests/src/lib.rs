@@ -1,1 +1,32 @@
-//! placeholder
+//! The erlbridge test bed: real network namespaces, real processes, real nftables, so that
+//! end-to-end tests and benchmarks exercise erlbridge as a user's machine would.
+//!
+//! A test builds a [`Workstation`] (a namespace whose default route leads nowhere, so a pod
+//! address is unreachable without erlbridge), starts `erlbridge-helperd` in it as root
+//! ([`Helperd`]), and runs probes and clients as unprivileged [`User`]s. Everything started is
+//! killed and every namespace removed when the values are dropped, even when a test panics.
+//! Needs root; without it, [`require_root`] stops the test loudly.
+
+pub mod bins;
+pub mod helperd;
+pub mod netns;
+pub mod process;
+pub mod user;
+pub mod workstation;
+
+pub use bins::Bins;
+pub use helperd::Helperd;
+pub use netns::Netns;
+pub use process::Spawned;
+pub use user::User;
+pub use workstation::Workstation;
+
+/// Stops the test with a clear message unless it runs as root. Never a silent skip.
+pub fn require_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "this test needs root (it creates network namespaces and nftables rules); \
+             run the suite as root, as CI does: sudo scripts/test"
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! Child processes that die with the test.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// A running child whose stdout lines can be awaited. Killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Spawned {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Spawned {
+    /// Starts `cmd` with stdout captured line by line (stderr passes through to the test log).
+    pub fn start(mut cmd: Command) -> anyhow::Result<Spawned> {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        let stdout: ChildStdout = child.stdout.take().context("stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Spawned {
+            child,
+            lines,
+            seen: Vec::new(),
+        })
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap_or(i32::MAX)
+    }
+
+    /// Waits up to `timeout` for a stdout line satisfying `matches`, and returns it.
+    pub fn wait_line(
+        &mut self,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if matches(&line) {
+                        return Ok(line);
+                    }
+                }
+                Err(_) => bail!(
+                    "no matching line within {timeout:?}; the child printed {:?} (exit: {:?})",
+                    self.seen,
+                    self.child.try_wait().ok().flatten()
+                ),
+            }
+        }
+    }
+
+    /// Every stdout line read so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
+    /// Sends `signal` to the child.
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.pid()), signal);
+    }
+
+    /// Waits up to `timeout` for the child to exit and returns its exit code (or -signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                use std::os::unix::process::ExitStatusExt;
+                return Ok(status
+                    .code()
+                    .unwrap_or_else(|| -status.signal().unwrap_or(0)));
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("still running after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,143 @@
+//! The workstation: a namespace like a developer's machine, where helperd, the client and the
+//! local Erlang node run. Its default route leads to a neighbour that never answers, so a
+//! connection to a pod address fails unless erlbridge redirects it: the control every
+//! end-to-end test checks first.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::netns::Netns;
+use crate::process::Spawned;
+use crate::user::User;
+
+/// The workstation's own IPv4 address: inside the helper's default allowed networks, so the
+/// policy's host-address check is what protects it.
+pub const HOST_V4: &str = "10.250.0.1";
+/// The workstation's own IPv6 address.
+pub const HOST_V6: &str = "fd00:250::1";
+
+/// A workstation namespace and a scratch directory every test user can read.
+#[derive(Debug)]
+pub struct Workstation {
+    /// The namespace.
+    pub ns: Netns,
+    scratch: tempfile::TempDir,
+}
+
+impl Workstation {
+    /// Creates the namespace with a default route (IPv4 and IPv6) that leads nowhere.
+    pub fn new() -> anyhow::Result<Workstation> {
+        let ns = Netns::create("ws")?;
+        for argv in [
+            &[
+                "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "void",
+            ][..],
+            &["ip", "link", "set", "uplink", "up"],
+            &["ip", "link", "set", "void", "up"],
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{HOST_V4}/24"),
+                "dev",
+                "uplink",
+            ],
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{HOST_V6}/64"),
+                "dev",
+                "uplink",
+                "nodad",
+            ],
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.250.0.2",
+                "dev",
+                "uplink",
+            ],
+            &[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                "fd00:250::2",
+                "dev",
+                "uplink",
+            ],
+        ] {
+            ns.run(argv)?;
+        }
+        let scratch = tempfile::Builder::new().prefix("eb-ws-").tempdir()?;
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))?;
+        Ok(Workstation { ns, scratch })
+    }
+
+    /// The scratch directory (readable by every test user).
+    pub fn scratch(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// A home directory owned by `user`, created on first use.
+    pub fn home(&self, user: &User) -> anyhow::Result<PathBuf> {
+        let home = self.scratch.path().join(format!("home-{}", user.uid));
+        if !home.exists() {
+            std::fs::create_dir(&home)?;
+            std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid))?;
+        }
+        Ok(home)
+    }
+
+    /// A command running `argv` in the workstation as `user`.
+    pub fn command_as(&self, user: &User, argv: &[&str]) -> anyhow::Result<std::process::Command> {
+        let home = self.home(user)?;
+        let wrapped = user.wrap(&home.display().to_string(), argv);
+        let wrapped: Vec<&str> = wrapped.iter().map(String::as_str).collect();
+        Ok(self.ns.command(&wrapped))
+    }
+
+    /// Starts `argv` in the workstation as `user`.
+    pub fn spawn_as(&self, user: &User, argv: &[&str]) -> anyhow::Result<Spawned> {
+        Spawned::start(self.command_as(user, argv)?)
+    }
+
+    /// Runs `argv` in the workstation as `user` to completion: (exit code, stdout, stderr).
+    pub fn run_as(&self, user: &User, argv: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let output = self
+            .command_as(user, argv)?
+            .output()
+            .with_context(|| format!("cannot run {argv:?}"))?;
+        Ok((
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
+    /// Starts `argv` in the workstation as root.
+    pub fn spawn_root(&self, argv: &[&str]) -> anyhow::Result<Spawned> {
+        Spawned::start(self.ns.command(argv))
+    }
+
+    /// The helper's table as `nft` prints it, or `None` when there is no such table.
+    pub fn helper_table(&self) -> Option<String> {
+        self.ns
+            .run(&["nft", "list", "table", "inet", "erlbridge"])
+            .ok()
+    }
+
+    /// The whole ruleset as `nft` prints it.
+    pub fn ruleset(&self) -> anyhow::Result<String> {
+        self.ns.run(&["nft", "list", "ruleset"])
+    }
+}
