@@ -221,6 +221,7 @@ fn router(emulator: Emulator) -> Router {
         .route("/api/v1", get(core_v1))
         .route("/apis", get(api_groups))
         .route("/apis/apps/v1", get(apps_v1))
+        .route("/apis/authorization.k8s.io/v1", get(authorization_v1))
         .route("/api/v1/pods", get(list_all_pods))
         .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
         .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
@@ -424,6 +425,13 @@ async fn apps_v1() -> Json<Value> {
             resource("statefulsets", "StatefulSet", true, &["get", "list"], &["sts"]),
             resource("deployments", "Deployment", true, &["get", "list"], &["deploy"]),
         ],
+    }))
+}
+
+async fn authorization_v1() -> Json<Value> {
+    Json(json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "authorization.k8s.io/v1",
+        "resources": [resource("selfsubjectaccessreviews", "SelfSubjectAccessReview", false, &["create"], &[])],
     }))
 }
 
