@@ -8,6 +8,8 @@
 //! Needs root; without it, [`require_root`] stops the test loudly.
 
 pub mod bins;
+pub mod cluster;
+pub mod erlang;
 pub mod helperd;
 pub mod netns;
 pub mod process;
@@ -15,6 +17,7 @@ pub mod user;
 pub mod workstation;
 
 pub use bins::Bins;
+pub use cluster::Cluster;
 pub use helperd::Helperd;
 pub use netns::Netns;
 pub use process::Spawned;

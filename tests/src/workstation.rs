@@ -129,6 +129,44 @@ impl Workstation {
         Spawned::start(self.ns.command(argv))
     }
 
+    /// Runs the future `make` returns on a fresh thread inside the workstation's namespace (with
+    /// its own runtime), so every socket it opens is the workstation's, as a user's would be.
+    pub fn block_on<F, T>(&self, make: impl FnOnce() -> F + Send + 'static) -> anyhow::Result<T>
+    where
+        F: std::future::Future<Output = T>,
+        T: Send + 'static,
+    {
+        let path = format!("/run/netns/{}", self.ns.name());
+        std::thread::spawn(move || -> anyhow::Result<T> {
+            let ns = std::fs::File::open(&path)?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok(runtime.block_on(make()))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the workstation thread panicked"))?
+    }
+
+    /// Starts a hidden local Erlang node as `user`, evaluates `expr` on it, and returns the
+    /// printed result. `extra` goes on erl's command line (e.g. `-kernel inetrc ...`).
+    pub fn erl_eval(
+        &self,
+        user: &User,
+        cookie: &str,
+        expr: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<String> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("local{}x{n}@127.0.0.1", std::process::id());
+        let argv = crate::erlang::eval_argv(&name, cookie, expr, extra);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let (_, out, err) = self.run_as(user, &argv)?;
+        crate::erlang::parse_result(&out).map_err(|e| anyhow::anyhow!("{e} (stderr: {err})"))
+    }
+
     /// The helper's table as `nft` prints it, or `None` when there is no such table.
     pub fn helper_table(&self) -> Option<String> {
         self.ns

@@ -144,8 +144,11 @@ impl Emulator {
 
     /// Deletes a pod (watchers see DELETED); false when there was none.
     pub fn delete_pod(&self, namespace: &str, name: &str) -> bool {
-        let event = lock(&self.inner.store).delete_pod(namespace, name);
-        event.map(|e| self.inner.events.send(e)).is_some()
+        let Some(event) = lock(&self.inner.store).delete_pod(namespace, name) else {
+            return false;
+        };
+        let _ = self.inner.events.send(event);
+        true
     }
 
     /// The current description of a pod.
@@ -438,19 +441,16 @@ async fn authorization_v1() -> Json<Value> {
 /// Query parameters of list and watch calls.
 type Params = Query<HashMap<String, String>>;
 
-fn authorize(
+/// The Forbidden answer, unless `access` allows `verb` on `resource`.
+fn forbid_unless(
     access: &Access,
     verb: &str,
     resource: &str,
     group: &str,
     ns: &str,
     name: Option<&str>,
-) -> Result<(), Response> {
-    if access.allows(verb, resource) {
-        Ok(())
-    } else {
-        Err(forbidden(verb, resource, group, ns, name))
-    }
+) -> Option<Response> {
+    (!access.allows(verb, resource)).then(|| forbidden(verb, resource, group, ns, name))
 }
 
 async fn list_all_pods(
@@ -512,7 +512,7 @@ async fn pods(
 ) -> Response {
     let watching = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
     let verb = if watching { "watch" } else { "list" };
-    if let Err(r) = authorize(&access, verb, "pods", "", ns.as_deref().unwrap_or(""), None) {
+    if let Some(r) = forbid_unless(&access, verb, "pods", "", ns.as_deref().unwrap_or(""), None) {
         return r;
     }
     let selector = match Selector::parse(params.get("labelSelector").map_or("", String::as_str)) {
@@ -696,7 +696,7 @@ async fn get_pod(
     Extension(access): Extension<Access>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = authorize(&access, "get", "pods", "", &ns, Some(&name)) {
+    if let Some(r) = forbid_unless(&access, "get", "pods", "", &ns, Some(&name)) {
         return r;
     }
     match lock(&emu.inner.store).pod(&ns, &name) {
@@ -710,7 +710,7 @@ async fn get_secret(
     Extension(access): Extension<Access>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = authorize(&access, "get", "secrets", "", &ns, Some(&name)) {
+    if let Some(r) = forbid_unless(&access, "get", "secrets", "", &ns, Some(&name)) {
         return r;
     }
     match lock(&emu.inner.store).secret(&ns, &name) {
@@ -741,7 +741,7 @@ fn get_workload(
     ns: &str,
     name: &str,
 ) -> Response {
-    if let Err(r) = authorize(access, "get", plural(kind), "apps", ns, Some(name)) {
+    if let Some(r) = forbid_unless(access, "get", plural(kind), "apps", ns, Some(name)) {
         return r;
     }
     let found = lock(&emu.inner.store)
@@ -755,7 +755,7 @@ fn get_workload(
 }
 
 fn list_workloads(emu: &Emulator, access: &Access, kind: WorkloadKind, ns: &str) -> Response {
-    if let Err(r) = authorize(access, "list", plural(kind), "apps", ns, None) {
+    if let Some(r) = forbid_unless(access, "list", plural(kind), "apps", ns, None) {
         return r;
     }
     let store = lock(&emu.inner.store);

@@ -19,7 +19,7 @@ fn pod(name: &str, ip: &str, app: &str) -> PodDesc {
         labels: BTreeMap::from([("app".into(), app.into())]),
         ports: vec![],
         env: BTreeMap::new(),
-        ip: Some(ip.parse().unwrap()),
+        ip: Some(ip.parse().expect("an IP")),
         netns: None,
         phase: "Running".into(),
         ready: true,
@@ -40,7 +40,7 @@ async fn connect(emu: &Emulator, token: &str) -> kube::Client {
 
 async fn emulator() -> Emulator {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let emu = Emulator::start("127.0.0.1:0".parse().unwrap(), None)
+    let emu = Emulator::start("127.0.0.1:0".parse().expect("an address"), None)
         .await
         .expect("start");
     emu.add_token("good", Access::Full);
