@@ -1,3 +1,6 @@
-//! erlbridge, the unprivileged client: Kubernetes discovery and port-forwarding, epmd
-//! discovery, and NAT through erlbridge-helperd. It is being built; the helper and its API
-//! (crate `erlbridge-proto`, including `erlbridge_proto::connect`) are ready for it.
+//! erlbridge, the unprivileged client: Kubernetes discovery and port-forwarding ([`k8s`]),
+//! epmd discovery, and NAT through erlbridge-helperd (whose API is the crate
+//! `erlbridge-proto`).
+#![deny(unsafe_code)]
+
+pub mod k8s;

@@ -46,6 +46,9 @@ enum Cmd {
     },
     /// Listen on ADDR; greet each connection with "hello from ADDR".
     Listen { addr: String },
+    /// Listen on ADDR for benchmark traffic: each request is a u64 length (big-endian) and that
+    /// many bytes, answered with one byte; a zero length closes the connection.
+    Sink { addr: String },
     /// Connect to ADDR and print the greeting; exit 1 when that fails.
     Connect {
         addr: String,
@@ -83,6 +86,35 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 let greeting = format!("hello from {addr}\n");
                 tokio::spawn(async move {
                     let _ = conn.write_all(greeting.as_bytes()).await;
+                });
+            }
+        }
+        Cmd::Sink { addr } => {
+            let listener = tokio::net::TcpListener::bind(&addr).await?;
+            println!(
+                "{}",
+                json!({"listening": listener.local_addr()?.to_string()})
+            );
+            loop {
+                let (mut conn, _) = listener.accept().await?;
+                conn.set_nodelay(true)?;
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    while let Ok(mut left) = conn.read_u64().await {
+                        if left == 0 {
+                            break;
+                        }
+                        while left > 0 {
+                            let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                            match conn.read(&mut buf[..want]).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => left -= n as u64,
+                            }
+                        }
+                        if conn.write_all(b"k").await.is_err() {
+                            return;
+                        }
+                    }
                 });
             }
         }
@@ -275,7 +307,9 @@ async fn helper(socket: PathBuf, command: Cmd) -> anyhow::Result<ExitCode> {
             println!("{}", json!({"ready": true}));
             while events.next().await.is_some() {}
         }
-        Cmd::Listen { .. } | Cmd::Connect { .. } => unreachable!("handled without the helper"),
+        Cmd::Listen { .. } | Cmd::Connect { .. } | Cmd::Sink { .. } => {
+            unreachable!("handled without the helper")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
