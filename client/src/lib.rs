@@ -1,6 +1,17 @@
-//! erlbridge, the unprivileged client: Kubernetes discovery and port-forwarding ([`k8s`]),
-//! epmd discovery, and NAT through erlbridge-helperd (whose API is the crate
-//! `erlbridge-proto`).
+//! erlbridge, the unprivileged client. `erlbridge up app-0` finds the pod through the
+//! Kubernetes API ([`k8s`], [`discover`]), asks its epmd which Erlang nodes run there
+//! ([`epmd`]), forwards their ports through the API ([`forward`]), and asks erlbridge-helperd
+//! (crate `erlbridge-proto` is its API) to redirect this user's connections to the pod's
+//! addresses onto those forwards ([`helper`]); [`bridge`] ties it together, [`up`] is the
+//! command around it and [`output`] what the user reads. Nothing here needs root.
 #![deny(unsafe_code)]
 
+pub mod bridge;
+pub mod cli;
+pub mod discover;
+pub mod epmd;
+pub mod forward;
+pub mod helper;
 pub mod k8s;
+pub mod output;
+pub mod up;

@@ -1,0 +1,110 @@
+//! The command line, in kubectl's conventions, and the exit codes scripts can rely on.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::discover::{NodeHost, Target};
+use crate::output::Output;
+
+/// Exit codes, documented in `--help` and the README.
+pub mod exit {
+    /// The bridge ran and ended as asked (or the command it ran exited 0).
+    pub const OK: u8 = 0;
+    /// Something else failed; the message says what.
+    pub const OTHER: u8 = 1;
+    /// The command line is malformed (a bad TARGET, an unknown flag).
+    pub const USAGE: u8 = 2;
+    /// The target does not exist or selects no pod.
+    pub const NOT_FOUND: u8 = 3;
+    /// The target's pods are not Running and Ready, or no epmd answers in them.
+    pub const NOT_READY: u8 = 4;
+    /// The Kubernetes API is unreachable, or the kubeconfig is missing or invalid.
+    pub const KUBERNETES: u8 = 5;
+    /// The Kubernetes API refused the credentials or their rights (401/403).
+    pub const FORBIDDEN: u8 = 6;
+    /// erlbridge-helperd is not running or this user may not open its socket.
+    pub const HELPER_UNREACHABLE: u8 = 7;
+    /// erlbridge-helperd refused a request (its message says why).
+    pub const HELPER_REFUSED: u8 = 8;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  the bridge ended as asked (with -- CMD: CMD's own exit code instead)
+  1  another failure (the message says what)
+  2  malformed command line or TARGET
+  3  target not found, or it selects no pod
+  4  pods not Running and Ready, or no epmd/Erlang node answering in them
+  5  Kubernetes API unreachable, or kubeconfig missing or invalid
+  6  Kubernetes API refused the credentials or their rights (401/403)
+  7  erlbridge-helperd not running, or its socket not open to you
+  8  erlbridge-helperd refused a request";
+
+/// erlbridge: connect local Erlang/Elixir nodes to the distributed Erlang nodes in Kubernetes
+/// pods, without sudo.
+#[derive(Debug, Parser)]
+#[command(name = "erlbridge", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// More logging on stderr (-v: progress, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Bridge the Erlang nodes of a pod, StatefulSet or Deployment until Ctrl-C (or until
+    /// `-- CMD` exits).
+    #[command(after_help = EXIT_CODES)]
+    Up(UpArgs),
+}
+
+/// `erlbridge up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// POD, pod/NAME, statefulset/NAME (sts/NAME) or deployment/NAME.
+    #[arg(value_parser = clap::value_parser!(Target), required_unless_present = "selector")]
+    pub target: Option<Target>,
+    /// Bridge the pods this label selector picks (e.g. app=app) instead of a TARGET.
+    #[arg(short = 'l', long, conflicts_with = "target")]
+    pub selector: Option<String>,
+    /// The namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// The kubeconfig context.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// erlbridge-helperd's socket.
+    #[arg(long, env = crate::helper::ENV_HELPER_SOCKET, default_value = erlbridge_proto::DEFAULT_SOCKET)]
+    pub helper_socket: PathBuf,
+    /// text for people, json for scripts (one event per line).
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// The host part of node names: the pod IP, or its DNS name (default: what the pod's
+    /// RELEASE_NODE says, else the IP).
+    #[arg(long, value_enum)]
+    pub node_host: Option<NodeHost>,
+    /// A command to run once the bridge is ready, with ERLBRIDGE_NODE, ERLBRIDGE_NODES (and
+    /// ERL_INETRC) set; the bridge ends when it exits, with its exit code.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl UpArgs {
+    /// The target, from TARGET or -l.
+    pub fn target(&self) -> Target {
+        match (&self.target, &self.selector) {
+            (Some(t), _) => t.clone(),
+            (None, Some(s)) => Target::Selector(s.clone()),
+            // clap requires one of the two.
+            (None, None) => Target::Selector(String::new()),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! EPMD, as far as erlbridge needs it: the NAMES request, whose reply lists the nodes that
+//! run in a pod and their distribution ports, so no fixed ERL_PORT has to be known.
+//!
+//! A request is a big-endian u16 length and a body; NAMES_REQ is the single byte 110. The
+//! reply is a u32 (epmd's own port, ignored: through a forward it is not ours) followed by
+//! lines `name <Name> at port <Port>\n` until epmd closes the connection.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// NAMES_REQ, framed.
+pub const NAMES_REQUEST: [u8; 3] = [0, 1, 110];
+
+/// A node registered with epmd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The alive name (`app` of `app@host`).
+    pub name: String,
+    /// Its distribution port.
+    pub port: u16,
+}
+
+/// A NAMES reply that makes no sense.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("epmd's NAMES reply is malformed: {0}")]
+pub struct Malformed(pub String);
+
+/// Parses a whole NAMES reply.
+pub fn parse_names(reply: &[u8]) -> Result<Vec<Registered>, Malformed> {
+    let body = reply.get(4..).ok_or_else(|| {
+        Malformed(format!(
+            "{} bytes, shorter than its 4-byte header",
+            reply.len()
+        ))
+    })?;
+    let text = std::str::from_utf8(body).map_err(|_| Malformed("not text".to_owned()))?;
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let rest = line
+                .strip_prefix("name ")
+                .ok_or_else(|| Malformed(format!("unexpected line {line:?}")))?;
+            let (name, port) = rest
+                .rsplit_once(" at port ")
+                .ok_or_else(|| Malformed(format!("unexpected line {line:?}")))?;
+            let port = port
+                .trim()
+                .parse()
+                .map_err(|_| Malformed(format!("bad port in {line:?}")))?;
+            Ok(Registered {
+                name: name.to_owned(),
+                port,
+            })
+        })
+        .collect()
+}
+
+/// Asks the epmd at the other end of `stream` for its nodes.
+pub async fn names<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<Result<Vec<Registered>, Malformed>> {
+    stream.write_all(&NAMES_REQUEST).await?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await?;
+    Ok(parse_names(&reply))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_replies_are_parsed() {
+        let mut reply = 4369u32.to_be_bytes().to_vec();
+        reply.extend_from_slice(b"name app at port 9100\nname other_node at port 41233\n");
+        assert_eq!(
+            parse_names(&reply),
+            Ok(vec![
+                Registered {
+                    name: "app".into(),
+                    port: 9100
+                },
+                Registered {
+                    name: "other_node".into(),
+                    port: 41233
+                },
+            ])
+        );
+        assert_eq!(parse_names(&4369u32.to_be_bytes()), Ok(vec![]));
+        assert!(parse_names(b"ab").is_err());
+        let mut bad = 0u32.to_be_bytes().to_vec();
+        bad.extend_from_slice(b"name app at port x\n");
+        assert!(parse_names(&bad).is_err());
+    }
+
+    #[tokio::test]
+    async fn names_asks_with_names_req() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let epmd = tokio::spawn(async move {
+            let mut request = [0u8; 3];
+            server.read_exact(&mut request).await.expect("request");
+            let mut reply = 1u32.to_be_bytes().to_vec();
+            reply.extend_from_slice(b"name app at port 9100\n");
+            server.write_all(&reply).await.expect("reply");
+            request
+        });
+        let nodes = names(&mut client).await.expect("io").expect("parsed");
+        assert_eq!(
+            nodes,
+            vec![Registered {
+                name: "app".into(),
+                port: 9100
+            }]
+        );
+        assert_eq!(epmd.await.expect("epmd"), NAMES_REQUEST);
+    }
+}

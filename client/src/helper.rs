@@ -1,0 +1,160 @@
+//! The client's side of erlbridge-helperd: one session for the whole bridge, which lives as
+//! long as this process holds it; mappings added to it vanish with it, however the process
+//! ends.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use erlbridge_proto::v1 as pb;
+use tokio_stream_lite::next_event;
+use tonic::transport::Channel;
+
+/// The environment variable that overrides the socket path.
+pub const ENV_HELPER_SOCKET: &str = "ERLBRIDGE_HELPER_SOCKET";
+
+/// Why the helper could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    /// Nothing answers on the socket.
+    #[error(
+        "erlbridge-helperd is not reachable at {socket}: {reason}. Is it installed and running? \
+         (systemctl status erlbridge-helperd.socket; ERLBRIDGE_HELPER_SOCKET or --helper-socket \
+         name another socket)"
+    )]
+    Unreachable {
+        /// The socket.
+        socket: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The socket exists but this user may not open it.
+    #[error(
+        "you may not use erlbridge-helperd's socket {socket}: ask your administrator to add you \
+         to its group (usermod -aG erlbridge <your user>), then log in again"
+    )]
+    NoAccess {
+        /// The socket.
+        socket: PathBuf,
+    },
+    /// The helper said no.
+    #[error("erlbridge-helperd refused {what}: {message}")]
+    Refused {
+        /// What was asked.
+        what: String,
+        /// The helper's reason, which says what to do.
+        message: String,
+    },
+}
+
+/// A live helper session.
+pub struct Session {
+    client: pb::helper_client::HelperClient<Channel>,
+    id: u64,
+    // Holding the stream is what keeps the session (and its rules) alive.
+    _events: tonic::Streaming<pb::SessionEvent>,
+}
+
+fn refused(what: impl Into<String>, status: tonic::Status) -> HelperError {
+    HelperError::Refused {
+        what: what.into(),
+        message: status.message().to_owned(),
+    }
+}
+
+fn unreachable(socket: &Path, status: &tonic::Status) -> HelperError {
+    HelperError::Unreachable {
+        socket: socket.to_owned(),
+        reason: status.message().to_owned(),
+    }
+}
+
+impl Session {
+    /// Connects to the helper at `socket` and opens a session labelled `label`.
+    pub async fn open(socket: &Path, label: &str) -> Result<Session, HelperError> {
+        let mut client = match erlbridge_proto::connect(socket).await {
+            Ok(client) => client,
+            Err(e) => {
+                return Err(match io_kind(&e) {
+                    Some(std::io::ErrorKind::PermissionDenied) => HelperError::NoAccess {
+                        socket: socket.to_owned(),
+                    },
+                    _ => HelperError::Unreachable {
+                        socket: socket.to_owned(),
+                        reason: error_chain(&e),
+                    },
+                });
+            }
+        };
+        let open = client
+            .open_session(pb::OpenSessionRequest {
+                label: label.chars().take(128).collect(),
+            })
+            .await;
+        let mut events = match open {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                return Err(unreachable(socket, &status));
+            }
+            Err(status) => return Err(refused("a session", status)),
+        };
+        match next_event(&mut events).await {
+            Some(pb::session_event::Event::Opened(opened)) => Ok(Session {
+                client,
+                id: opened.session_id,
+                _events: events,
+            }),
+            None => Err(HelperError::Unreachable {
+                socket: socket.to_owned(),
+                reason: "the helper closed the session at once".to_owned(),
+            }),
+        }
+    }
+
+    /// Redirects this user's connections to `pod` to 127.0.0.1:`local_port`.
+    pub async fn map(&mut self, pod: SocketAddr, local_port: u16) -> Result<(), HelperError> {
+        self.client
+            .add_mapping(pb::AddMappingRequest {
+                session_id: self.id,
+                pod_ip: pod.ip().to_string(),
+                pod_port: pod.port().into(),
+                local_port: local_port.into(),
+                local_ip: String::new(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|status| refused(format!("a mapping for {pod}"), status))
+    }
+}
+
+/// The kind of the first I/O error in `e`'s chain of causes.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        cause = c.source();
+    }
+    None
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// Reading the first event without pulling in a stream-combinator crate.
+mod tokio_stream_lite {
+    use erlbridge_proto::v1 as pb;
+
+    pub async fn next_event(
+        events: &mut tonic::Streaming<pb::SessionEvent>,
+    ) -> Option<pb::session_event::Event> {
+        events.message().await.ok().flatten().and_then(|e| e.event)
+    }
+}

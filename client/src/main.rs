@@ -1,0 +1,42 @@
+//! `erlbridge`: parse the command line, set up logging on stderr, run the subcommand, exit with
+//! its code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use erlbridge::cli::{Cli, Command, exit};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(format!("erlbridge={level}"))
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("erlbridge: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Up(args) => erlbridge::up::run(args).await,
+        }
+    });
+    ExitCode::from(code)
+}

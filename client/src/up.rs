@@ -1,0 +1,158 @@
+//! The `up` subcommand: bring the bridge up, say what to type, then hold it until Ctrl-C or
+//! SIGTERM, or run `-- CMD` and end with its exit code. Every failure is reported with the
+//! exit code `cli::exit` documents, and leaves nothing behind (the helper session's end
+//! removes the rules).
+
+use std::io::Write as _;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::bridge::{Bridge, UpError, UpOptions, up};
+use crate::cli::{UpArgs, exit};
+use crate::discover::DiscoverError;
+use crate::forward::ForwardError;
+use crate::helper::HelperError;
+use crate::k8s::ClusterOptions;
+use crate::output::{self, Output};
+
+/// The exit code and kind of a failure.
+pub fn classify(e: &UpError) -> (u8, &'static str) {
+    let forbidden =
+        |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 401 || s.code == 403);
+    match e {
+        UpError::Cluster(_) => (exit::KUBERNETES, "kubernetes"),
+        UpError::Discover(DiscoverError::NotFound(_)) => (exit::NOT_FOUND, "target_not_found"),
+        UpError::Discover(DiscoverError::NotReady(_)) => (exit::NOT_READY, "target_not_ready"),
+        UpError::Discover(DiscoverError::Forbidden(_)) => (exit::FORBIDDEN, "kubernetes_forbidden"),
+        UpError::Discover(DiscoverError::Api(_)) => (exit::KUBERNETES, "kubernetes"),
+        UpError::Forward(ForwardError::Api { source, .. }) if forbidden(source) => {
+            (exit::FORBIDDEN, "kubernetes_forbidden")
+        }
+        UpError::Forward(ForwardError::Api { .. }) => (exit::KUBERNETES, "kubernetes"),
+        UpError::Forward(ForwardError::Refused { .. }) | UpError::NoEpmd { .. } => {
+            (exit::NOT_READY, "no_epmd")
+        }
+        UpError::Forward(ForwardError::Listen(_)) | UpError::Inetrc(..) => (exit::OTHER, "local"),
+        UpError::Helper(HelperError::Refused { .. }) => (exit::HELPER_REFUSED, "helper_refused"),
+        UpError::Helper(_) => (exit::HELPER_UNREACHABLE, "helper_unreachable"),
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text = format!("{text}: {s_text}");
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Runs `erlbridge up`; returns the process's exit code.
+pub async fn run(args: UpArgs) -> u8 {
+    let opts = UpOptions {
+        cluster: ClusterOptions {
+            kubeconfig: args.kubeconfig.clone(),
+            context: args.context.clone(),
+            namespace: args.namespace.clone(),
+        },
+        target: args.target(),
+        node_host: args.node_host,
+        helper_socket: args.helper_socket.clone(),
+    };
+    let bridge = match up(&opts).await {
+        Ok(bridge) => bridge,
+        Err(e) => {
+            let (code, kind) = classify(&e);
+            let line = output::error(args.output, code, kind, &chain(&e));
+            match args.output {
+                Output::Json => say(&line),
+                Output::Text => eprintln!("{line}"),
+            }
+            return code;
+        }
+    };
+    for why in &bridge.skipped {
+        eprintln!(
+            "{}",
+            output::warning(Output::Text, &format!("not bridged: {why}"))
+        );
+    }
+    say(&output::ready(args.output, &bridge));
+    if args.command.is_empty() {
+        hold().await;
+        exit::OK
+    } else {
+        run_command(&args, &bridge).await
+    }
+}
+
+async fn hold() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, Ctrl-C still ends the process and the helper cleans up.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn run_command(args: &UpArgs, bridge: &Bridge) -> u8 {
+    let nodes: Vec<&str> = bridge.nodes.iter().map(|n| n.node.as_str()).collect();
+    let mut cmd = tokio::process::Command::new(&args.command[0]);
+    cmd.args(&args.command[1..])
+        .env("ERLBRIDGE_NODE", nodes.first().copied().unwrap_or_default())
+        .env("ERLBRIDGE_NODES", nodes.join(" "))
+        .kill_on_drop(true);
+    if let Some(path) = &bridge.inetrc {
+        cmd.env("ERL_INETRC", path);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let line = output::error(
+                args.output,
+                127,
+                "command",
+                &format!("cannot run {:?}: {e}", args.command[0]),
+            );
+            eprintln!("{line}");
+            return 127;
+        }
+    };
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return exit::OTHER;
+    };
+    let status = tokio::select! {
+        status = child.wait() => status,
+        _ = term.recv() => { let _ = child.kill().await; return 128 + 15; }
+        _ = int.recv() => { let _ = child.kill().await; return 128 + 2; }
+    };
+    let code = match status {
+        Ok(s) => s
+            .code()
+            .map_or(exit::OTHER, |c| u8::try_from(c).unwrap_or(exit::OTHER)),
+        Err(_) => exit::OTHER,
+    };
+    if args.output == Output::Json {
+        say(&serde_json::json!({"event": "exited", "code": code}).to_string());
+    }
+    code
+}

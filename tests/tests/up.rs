@@ -1,0 +1,448 @@
+//! `erlbridge up` end to end on the test cluster: helperd as root, erlbridge and the local
+//! Erlang node as an unprivileged uid in the workstation, real Erlang nodes in the pods.
+//! Every scenario first shows that without erlbridge the local node cannot reach the pod.
+
+use std::time::{Duration, Instant};
+
+use erlbridge_kube_emulator::PodDesc;
+use erlbridge_testbed::{Bins, Cluster, Helperd, Spawned, User, Workstation, require_root};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const COOKIE: &str = "monster";
+const MANIFEST: &str = r#"
+[[statefulsets]]
+name = "app"
+replicas = 3
+labels = { app = "app" }
+ports = [{ name = "epmd", port = 4369 }, { name = "dist", port = 9100 }]
+env = { RELEASE_NODE = "app@$(POD_IP)", RELEASE_COOKIE = "monster", ERL_DIST_PORT = "9100" }
+
+[[pods]]
+name = "solo"
+labels = { app = "solo" }
+ports = [{ name = "epmd", port = 4369 }]
+env = { RELEASE_NODE = "solo@$(POD_IP)", RELEASE_COOKIE = "monster" }
+
+[[pods]]
+name = "dns-0"
+hostname = "dns-0"
+subdomain = "dns"
+labels = { app = "dns" }
+env = { RELEASE_NODE = "dns@$(POD_NAME).dns.$(POD_NAMESPACE).svc.cluster.local", RELEASE_COOKIE = "monster" }
+
+[[pods]]
+name = "noepmd"
+labels = { app = "noepmd" }
+"#;
+
+struct Scenario {
+    // Drop order: helper, cluster, workstation, binaries.
+    helperd: Helperd,
+    cluster: Cluster,
+    ws: Workstation,
+    bins: Bins,
+    user: User,
+}
+
+fn scenario() -> Scenario {
+    require_root();
+    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe", "erlbridge"]).expect("binaries");
+    let ws = Workstation::new().expect("workstation");
+    let cluster = Cluster::start(&ws, MANIFEST).expect("cluster");
+    let helperd = Helperd::start(&ws, &bins, "").expect("helperd");
+    Scenario {
+        helperd,
+        cluster,
+        ws,
+        bins,
+        user: User::member(61020),
+    }
+}
+
+impl Scenario {
+    /// `erlbridge up ARGS`, pointed at the test cluster and helper unless ARGS say otherwise.
+    fn argv(&self, args: &[&str]) -> Vec<String> {
+        let mut argv = vec![self.bins.path("erlbridge"), "up".to_owned()];
+        for (flag, value) in [
+            (
+                "--kubeconfig",
+                self.cluster.kubeconfig.display().to_string(),
+            ),
+            ("--helper-socket", self.helperd.socket.display().to_string()),
+        ] {
+            if !args.contains(&flag) {
+                argv.extend([flag.to_owned(), value]);
+            }
+        }
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        argv
+    }
+
+    /// Starts `erlbridge up ARGS --output json` as the user; returns it and its ready event.
+    fn up(&self, args: &[&str]) -> (Spawned, Value) {
+        let mut args = args.to_vec();
+        args.extend(["--output", "json"]);
+        let argv = self.argv(&args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut up = self.ws.spawn_as(&self.user, &argv).expect("erlbridge");
+        let line = up
+            .wait_line(Duration::from_secs(60), |l| l.contains("\"event\""))
+            .expect("erlbridge reports");
+        let event: Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(event["event"], "ready", "{event}");
+        (up, event)
+    }
+
+    /// Runs `erlbridge up ARGS` to completion as `user`: (exit code, stdout, stderr).
+    fn up_once(&self, user: &User, args: &[&str]) -> (i32, String, String) {
+        let argv = self.argv(args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.ws.run_as(user, &argv).expect("erlbridge")
+    }
+
+    /// Evaluates `expr` on a fresh hidden local node as the user.
+    fn local(&self, expr: &str, extra: &[&str]) -> String {
+        self.ws
+            .erl_eval(&self.user, COOKIE, expr, extra)
+            .expect("local node")
+    }
+
+    fn mappings(&self) -> usize {
+        let table = self.ws.helper_table().unwrap_or_default();
+        table.matches(" : 127.0.0.1 . ").count()
+    }
+
+    fn wait_no_mappings(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.mappings() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "rules left after {within:?}:\n{:?}",
+                self.ws.helper_table()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn connect_and_call(node: &str) -> String {
+    format!("{{net_kernel:connect_node('{node}'), rpc:call('{node}', erlang, node, [])}}")
+}
+
+#[test]
+fn up_a_pod_then_a_local_node_reaches_it_and_the_rules_go_with_the_client() {
+    let s = scenario();
+    let ip = s.cluster.pod("app-0").ip();
+    let node = format!("app@{ip}");
+    assert_eq!(
+        s.local(&format!("net_kernel:connect_node('{node}')"), &[]),
+        "false",
+        "the control"
+    );
+
+    let (up, ready) = s.up(&["app-0"]);
+    assert_eq!(ready["nodes"][0]["node"], node.as_str(), "{ready}");
+    assert_eq!(ready["nodes"][0]["pod"], "app-0");
+    assert_eq!(ready["nodes"][0]["namespace"], "default");
+    assert_eq!(ready["nodes"][0]["ip"], ip.as_str());
+    assert_eq!(ready["nodes"][0]["epmd_port"], 4369);
+    assert_eq!(ready["nodes"][0]["dist_port"], 9100);
+    assert_eq!(
+        s.local(&connect_and_call(&node), &[]),
+        format!("{{true,'{node}'}}")
+    );
+    assert_eq!(s.mappings(), 2, "epmd and distribution");
+
+    up.signal(Signal::SIGINT);
+    let mut up = up;
+    assert_eq!(up.wait_exit(Duration::from_secs(5)).expect("exits"), 0);
+    s.wait_no_mappings(Duration::from_secs(1));
+    assert_eq!(
+        s.local(&format!("net_kernel:connect_node('{node}')"), &[]),
+        "false"
+    );
+
+    // A node on a random distribution port, and a client killed with SIGKILL.
+    let solo = format!("solo@{}", s.cluster.pod("solo").ip());
+    assert_eq!(
+        s.local(&format!("net_kernel:connect_node('{solo}')"), &[]),
+        "false",
+        "the control"
+    );
+    let (up, ready) = s.up(&["pod/solo"]);
+    let port = ready["nodes"][0]["dist_port"].as_u64().unwrap_or(0);
+    assert!(port > 1024 && port != 9100, "{ready}");
+    assert_eq!(
+        s.local(&connect_and_call(&solo), &[]),
+        format!("{{true,'{solo}'}}")
+    );
+    up.signal(Signal::SIGKILL);
+    s.wait_no_mappings(Duration::from_secs(1));
+}
+
+#[test]
+fn a_statefulset_is_bridged_without_splitting_its_cluster() {
+    let s = scenario();
+    let names: Vec<String> = ["app-0", "app-1", "app-2"]
+        .iter()
+        .map(|p| format!("app@{}", s.cluster.pod(p).ip()))
+        .collect();
+    let peers_intact = |when: &str| {
+        for (i, pod) in ["app-0", "app-1", "app-2"].iter().enumerate() {
+            let mut others: Vec<String> = names
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, n)| n.clone())
+                .collect();
+            others.sort();
+            assert_eq!(
+                s.cluster.pod(pod).nodes().expect("nodes"),
+                others,
+                "{when}: {pod}'s peers"
+            );
+        }
+    };
+    peers_intact("before");
+    assert_eq!(
+        s.local(&format!("net_kernel:connect_node('{}')", names[0]), &[]),
+        "false",
+        "the control"
+    );
+
+    let (up, ready) = s.up(&["statefulset/app"]);
+    let mut bridged: Vec<String> = ready["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["node"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    bridged.sort();
+    let mut want = names.clone();
+    want.sort();
+    assert_eq!(bridged, want);
+
+    // One hidden local node reaches all three, and holds the connections while the pods are
+    // checked.
+    let all = names
+        .iter()
+        .map(|n| format!("{{net_kernel:connect_node('{n}'), rpc:call('{n}', erlang, node, [])}}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let pods_view = format!(
+        "erpc:call('{}', fun() -> {{lists:sort(nodes()), lists:sort(nodes(hidden))}} end)",
+        names[0]
+    );
+    let result = s.local(&format!("{{[{all}], {pods_view}}}"), &[]);
+    for n in &names {
+        assert!(
+            result.contains(&format!("{{true,'{n}'}}")),
+            "{n} in {result}"
+        );
+    }
+    assert!(
+        result.contains("local"),
+        "the pod sees the local node only as hidden: {result}"
+    );
+    peers_intact("during");
+    drop(up);
+    s.wait_no_mappings(Duration::from_secs(2));
+    peers_intact("after");
+}
+
+#[test]
+fn dns_named_nodes_connect_with_the_inetrc_erlbridge_writes() {
+    let s = scenario();
+    let node = "dns@dns-0.dns.default.svc.cluster.local";
+    let (up, ready) = s.up(&["dns-0"]);
+    assert_eq!(ready["nodes"][0]["node"], node, "{ready}");
+    let inetrc = ready["inetrc"].as_str().expect("an inetrc file").to_owned();
+    let text = std::fs::read_to_string(&inetrc).expect("inetrc");
+    let ip = s.cluster.pod("dns-0").ip().replace('.', ",");
+    assert!(
+        text.contains(&format!(
+            "{{host, {{{ip}}}, [\"dns-0.dns.default.svc.cluster.local\"]}}."
+        )),
+        "{text}"
+    );
+
+    let inetrc_arg = format!("\"{inetrc}\"");
+    let with_inetrc = ["-kernel", "inetrc", inetrc_arg.as_str()];
+    assert_eq!(
+        s.local(&connect_and_call(node), &with_inetrc),
+        format!("{{true,'{node}'}}")
+    );
+    assert_eq!(
+        s.local(&format!("net_kernel:connect_node('{node}')"), &[]),
+        "false",
+        "without it the name does not resolve"
+    );
+    let mut up = up;
+    up.signal(Signal::SIGTERM);
+    assert_eq!(up.wait_exit(Duration::from_secs(5)).expect("exits"), 0);
+    s.wait_no_mappings(Duration::from_secs(1));
+    assert!(
+        !std::path::Path::new(&inetrc).exists(),
+        "the inetrc file is removed at the end"
+    );
+}
+
+#[test]
+fn a_command_runs_against_the_pod_and_its_exit_code_is_erlbridges() {
+    let s = scenario();
+    let script = |code: u8| {
+        format!(
+            "N = list_to_atom(os:getenv(\"ERLBRIDGE_NODE\")), true = net_kernel:connect_node(N), \
+             io:format(\"answer ~p~n\", [rpc:call(N, erlang, node, [])]), halt({code})."
+        )
+    };
+    let node = format!("app@{}", s.cluster.pod("app-0").ip());
+    for code in [0, 3] {
+        let script = script(code);
+        let (status, out, err) = s.up_once(
+            &s.user,
+            &[
+                "app-0",
+                "--",
+                "erl",
+                "-name",
+                "ci@127.0.0.1",
+                "-hidden",
+                "-setcookie",
+                COOKIE,
+                "-noshell",
+                "-eval",
+                &script,
+            ],
+        );
+        assert_eq!(status, i32::from(code), "{out}{err}");
+        assert!(out.contains(&format!("answer '{node}'")), "{out}{err}");
+        s.wait_no_mappings(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_an_exit_code_and_leaves_nothing() {
+    let mut s = scenario();
+    let mut pending: PodDesc = s.cluster.pod("noepmd").desc.clone();
+    pending.name = "pending".into();
+    pending.phase = "Pending".into();
+    pending.ready = false;
+    s.cluster.emulator.apply_pod(pending);
+    let garbage = s.ws.scratch().join("garbage-kubeconfig");
+    std::fs::write(&garbage, "this: [is not a kubeconfig").expect("write");
+    let outsider = User::outsider(61021);
+    let user = s.user.clone();
+    let kc = |p: &std::path::Path| p.display().to_string();
+    let (missing, garbage_s, forbidden) = (
+        "/nonexistent/kubeconfig".to_owned(),
+        kc(&garbage),
+        kc(&s.cluster.no_rights_kubeconfig),
+    );
+    let cases: Vec<(&str, &User, Vec<&str>, i32, &str)> = vec![
+        (
+            "unknown pod",
+            &user,
+            vec!["nope"],
+            3,
+            "pod nope in namespace default not found",
+        ),
+        (
+            "unknown StatefulSet",
+            &user,
+            vec!["sts/nope"],
+            3,
+            "statefulset nope",
+        ),
+        (
+            "selector without pods",
+            &user,
+            vec!["-l", "app=nothing"],
+            3,
+            "has no pods",
+        ),
+        ("pod not Running", &user, vec!["pending"], 4, "Pending"),
+        (
+            "pod without epmd",
+            &user,
+            vec!["noepmd"],
+            4,
+            "no epmd answering on port 4369",
+        ),
+        (
+            "malformed TARGET",
+            &user,
+            vec!["svc/app"],
+            2,
+            "unsupported kind",
+        ),
+        (
+            "malformed name",
+            &user,
+            vec!["App_0"],
+            2,
+            "not a valid Kubernetes name",
+        ),
+        (
+            "kubeconfig missing",
+            &user,
+            vec!["app-0", "--kubeconfig", &missing],
+            5,
+            "/nonexistent/kubeconfig",
+        ),
+        (
+            "kubeconfig invalid",
+            &user,
+            vec!["app-0", "--kubeconfig", &garbage_s],
+            5,
+            "cannot use the kubeconfig",
+        ),
+        (
+            "forbidden token",
+            &user,
+            vec!["app-0", "--kubeconfig", &forbidden],
+            6,
+            "forbidden",
+        ),
+        (
+            "caller not allowed",
+            &outsider,
+            vec!["app-0"],
+            7,
+            "usermod -aG erlbridge",
+        ),
+        (
+            "helper not running",
+            &user,
+            vec!["app-0", "--helper-socket", "/nonexistent/helper.sock"],
+            7,
+            "is not reachable",
+        ),
+    ];
+    for (name, who, args, code, message) in cases {
+        let (status, out, err) = s.up_once(who, &args);
+        assert_eq!(status, code, "{name}: {out}{err}");
+        assert!(
+            format!("{out}{err}").contains(message),
+            "{name}: {message:?} not in {out}{err}"
+        );
+        assert_eq!(s.mappings(), 0, "{name} left rules");
+    }
+    // The same in JSON: one error event with the code.
+    let (status, out, _) = s.up_once(&user, &["nope", "--output", "json"]);
+    let event: Value = serde_json::from_str(out.trim()).expect("one JSON line");
+    assert_eq!(
+        (status, &event["event"], &event["code"], &event["kind"]),
+        (3, &"error".into(), &3.into(), &"target_not_found".into())
+    );
+
+    // A helper whose policy refuses the pod network.
+    s.helperd.stop(Signal::SIGTERM).expect("stop");
+    s.helperd =
+        Helperd::start(&s.ws, &s.bins, "allowed_cidrs = [\"192.168.0.0/16\"]").expect("helperd");
+    let (status, out, err) = s.up_once(&user, &["app-0"]);
+    assert_eq!(status, 8, "{out}{err}");
+    assert!(err.contains("allowed_cidrs"), "{err}");
+    assert_eq!(s.mappings(), 0);
+}
