@@ -191,6 +191,11 @@ impl Cluster {
         self.pods.values()
     }
 
+    /// The cluster namespace (the API server's; it has a direct route to every pod).
+    pub fn netns(&self) -> &Netns {
+        &self.ns
+    }
+
     /// The names of every network namespace the cluster made.
     pub fn namespace_names(&self) -> Vec<String> {
         std::iter::once(self.ns.name().to_owned())

@@ -1,15 +1,23 @@
-//! erlbridge-demo (needs root): shows, on the built-in test bed, what erlbridge does for an
-//! ordinary user. A workstation namespace whose route to the pod network leads nowhere,
-//! erlbridge-helperd running as root, and an unprivileged user whose connections to a pod
-//! address are redirected to a local listener while another user's are not.
+//! erlbridge-demo (needs root): the whole story on the built-in test cluster. A StatefulSet
+//! `app` of three real Erlang nodes in pod namespaces behind an emulated Kubernetes API,
+//! erlbridge-helperd running as root, and an ordinary user who runs `erlbridge up
+//! statefulset/app` and then reaches every pod node from a hidden local node.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
-use erlbridge_testbed::{Bins, Helperd, User, Workstation, require_root};
+use anyhow::{Context, ensure};
+use erlbridge_testbed::{Bins, Cluster, Helperd, User, Workstation, require_root};
 
-const POD: &str = "10.244.1.8:4369";
+const COOKIE: &str = "monster";
+const MANIFEST: &str = r#"
+[[statefulsets]]
+name = "app"
+replicas = 3
+labels = { app = "app" }
+ports = [{ name = "epmd", port = 4369 }]
+env = { RELEASE_NODE = "app@$(POD_IP)", RELEASE_COOKIE = "monster" }
+"#;
 
 fn main() -> ExitCode {
     match run() {
@@ -21,80 +29,114 @@ fn main() -> ExitCode {
     }
 }
 
-fn connect(ws: &Workstation, bins: &Bins, user: &User) -> anyhow::Result<String> {
-    let probe = bins.path("helper-probe");
-    let (_, out, _) = ws.run_as(user, &[&probe, "connect", POD])?;
-    Ok(out.trim().to_owned())
+fn step(text: &str) {
+    println!("\n== {text}");
 }
 
 fn run() -> anyhow::Result<()> {
     require_root();
-    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe"])?;
+    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe", "erlbridge"])?;
     let ws = Workstation::new()?;
+    println!("building the test cluster: an API server and 3 pods running real Erlang nodes ...");
+    let cluster = Cluster::start(&ws, MANIFEST)?;
     let helperd = Helperd::start(&ws, &bins, "")?;
-    let alice = User::member(61001);
-    let bob = User::member(61002);
-    println!(
-        "workstation namespace {} is up; erlbridge-helperd runs there as root",
-        ws.ns.name()
-    );
-
-    let probe = bins.path("helper-probe");
-    let mut listener = ws.spawn_root(&[&probe, "listen", "127.0.0.1:40000"])?;
-    listener.wait_line(Duration::from_secs(5), |l| l.contains("listening"))?;
-    println!("a local listener (standing in for a port-forward) waits on 127.0.0.1:40000");
-
-    println!(
-        "\n1. without erlbridge, uid {} dials the pod {POD}:",
-        alice.uid
-    );
-    println!("   {}", connect(&ws, &bins, &alice)?);
-
+    let user = User::member(61001);
+    let kubeconfig = cluster.kubeconfig.display().to_string();
     let socket = helperd.socket.display().to_string();
-    let map = format!("{POD}=40000");
-    let mut holder = ws.spawn_as(
-        &alice,
-        &[&probe, "--socket", &socket, "hold", "--map", &map],
+
+    step(&format!(
+        "uid {} (no sudo) looks at the cluster: kubectl get pods -o wide",
+        user.uid
+    ));
+    let (_, pods, _) = ws.run_as(
+        &user,
+        &[
+            "kubectl",
+            "--kubeconfig",
+            &kubeconfig,
+            "get",
+            "pods",
+            "-o",
+            "custom-columns=NAME:.metadata.name,IP:.status.podIP,PHASE:.status.phase",
+        ],
     )?;
-    let line = holder
-        .wait_line(Duration::from_secs(10), |l| {
-            l.contains("ready") || l.contains("code")
-        })
-        .context("the helper session")?;
-    println!(
-        "\n2. uid {} (no sudo) asks the helper for {POD} -> 127.0.0.1:40000: {line}",
-        alice.uid
+    print!("{pods}");
+    let app0 = format!("app@{}", cluster.pod("app-0").ip());
+
+    step(&format!(
+        "without erlbridge, a local node cannot reach {app0}"
+    ));
+    let control = ws.erl_eval(
+        &user,
+        COOKIE,
+        &format!("net_kernel:connect_node('{app0}')"),
+        &[],
+    )?;
+    println!("net_kernel:connect_node('{app0}') -> {control}");
+    ensure!(
+        control == "false",
+        "the pod should be unreachable without erlbridge"
     );
-    println!(
-        "   uid {} dials {POD}: {}",
-        alice.uid,
-        connect(&ws, &bins, &alice)?
-    );
-    println!(
-        "   uid {} dials {POD}: {}",
-        bob.uid,
-        connect(&ws, &bins, &bob)?
-    );
-    println!("\n   the helper's table (nothing else in the ruleset is touched):");
-    for line in ws.helper_table().unwrap_or_default().lines() {
-        println!("   {line}");
+
+    step(&format!(
+        "uid {} runs: erlbridge up statefulset/app",
+        user.uid
+    ));
+    let mut up = ws.spawn_as(
+        &user,
+        &[
+            &bins.path("erlbridge"),
+            "up",
+            "statefulset/app",
+            "--kubeconfig",
+            &kubeconfig,
+            "--helper-socket",
+            &socket,
+        ],
+    )?;
+    up.wait_line(Duration::from_secs(60), |l| {
+        l.contains("Ctrl-C ends the bridge")
+    })
+    .context("erlbridge did not get ready")?;
+    for line in up.seen() {
+        println!("  | {line}");
     }
 
-    holder.signal(nix::sys::signal::Signal::SIGKILL);
-    std::thread::sleep(Duration::from_millis(500));
-    println!("\n3. the client is killed (kill -9); its rules went with its session:");
+    step("a hidden local node now reaches every pod node");
+    for pod in ["app-0", "app-1", "app-2"] {
+        let node = format!("app@{}", cluster.pod(pod).ip());
+        let expr = format!(
+            "{{net_kernel:connect_node('{node}'), rpc:call('{node}', erlang, node, []), \
+             rpc:call('{node}', erlang, system_info, [otp_release]), rpc:call('{node}', erlang, nodes, [])}}"
+        );
+        let answer = ws.erl_eval(&user, COOKIE, &expr, &[])?;
+        println!("{pod}: {{connected, node(), otp_release, nodes()}} = {answer}");
+        ensure!(
+            answer.starts_with(&format!("{{true,'{node}'")),
+            "{pod} did not answer"
+        );
+    }
+    println!(
+        "(each pod still lists its two peers in nodes(): the hidden local node never splits the cluster)"
+    );
+
+    step("the helper's rules while the bridge is up (only uid 61001's traffic is redirected)");
     let table = ws.helper_table().unwrap_or_default();
-    let left = table.contains("elements");
-    println!(
-        "   mappings left in the table: {}",
-        if left { "some (unexpected!)" } else { "none" }
-    );
-    println!(
-        "   uid {} dials {POD}: {}",
-        alice.uid,
-        connect(&ws, &bins, &alice)?
-    );
-    anyhow::ensure!(!left, "the killed client's rules are still there");
-    println!("\nthe namespace and every process in it are removed now.");
+    for line in table.lines().filter(|l| l.contains(" : 127.0.0.1")) {
+        println!("  {}", line.trim());
+    }
+
+    step("Ctrl-C on erlbridge");
+    up.signal(nix::sys::signal::Signal::SIGINT);
+    let code = up.wait_exit(Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let left = ws
+        .helper_table()
+        .unwrap_or_default()
+        .matches(" : 127.0.0.1 . ")
+        .count();
+    println!("erlbridge exited with {code}; mappings left in the helper's table: {left}");
+    ensure!(code == 0 && left == 0, "the bridge did not end cleanly");
+    println!("\nthe test cluster, its namespaces and every process in them are removed now.");
     Ok(())
 }
