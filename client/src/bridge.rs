@@ -3,19 +3,27 @@
 //! epmd and distribution port, and ask the helper to redirect this user's connections to
 //! `podIP:port` onto them. Node names are kept exactly (the distribution handshake checks
 //! them); only addresses are redirected. DNS-named nodes get an ERL_INETRC file.
+//!
+//! Once up, [`Bridge::run`] keeps it healed: it watches the target's pods and re-bridges a pod
+//! that comes back with a new IP, bridges new replicas and drops removed ones, and restores every
+//! redirect after the helper restarts. Forwards need no healing of their own: each accepted
+//! connection opens a fresh port-forward stream.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use tracing::info;
+use kube::runtime::{WatchStreamExt as _, watcher};
+use tracing::{debug, info, warn};
 
-use crate::discover::{DiscoverError, NodeHost, PodInfo, Target, discover};
+use crate::discover::{DiscoverError, NodeHost, PodInfo, Target, discover, pod_info, selector_of};
 use crate::epmd;
 use crate::forward::{self, Forward, ForwardError};
-use crate::helper::{HelperError, Session};
+use crate::helper::{HelperError, Link};
 use crate::k8s::{ClusterOptions, K8sError};
 
 /// How long asking a pod's epmd may take.
@@ -51,19 +59,54 @@ pub struct BridgedNode {
     pub dist_port: u16,
 }
 
+/// One bridged pod: its facts, its nodes, its forwards and the addresses the helper redirects.
+struct PodBridge {
+    info: PodInfo,
+    nodes: Vec<BridgedNode>,
+    mapped: Vec<SocketAddr>,
+    _forwards: Vec<Forward>,
+}
+
+/// A change the bridge made while up, for the user to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A pod (a new replica, or one back after a restart) is bridged.
+    PodAdded(Vec<BridgedNode>),
+    /// A pod came back with a new IP: its nodes are bridged at the new address.
+    PodChanged(Vec<BridgedNode>),
+    /// A pod is gone; its nodes are no longer bridged.
+    PodRemoved(Vec<BridgedNode>),
+    /// A ready pod could not be bridged (yet); it is tried again.
+    PodUnreachable {
+        /// The pod.
+        pod: String,
+        /// Why.
+        reason: String,
+    },
+    /// The helper went away; redirects are gone until it is back.
+    HelperLost,
+    /// The helper is back and every redirect restored.
+    HelperRestored,
+}
+
 /// A live bridge. Dropping it closes the forwards and the helper session, whose end removes
 /// every rule it added.
 pub struct Bridge {
-    /// The bridged nodes.
-    pub nodes: Vec<BridgedNode>,
-    /// Pods of the target that were not ready, and why.
+    pods: BTreeMap<String, PodBridge>,
+    /// Pods of the target that were not ready at start, and why.
     pub skipped: Vec<String>,
     /// The ERL_INETRC file for DNS-named nodes, if any.
     pub inetrc: Option<PathBuf>,
     /// A cookie found in the pods' environment (RELEASE_COOKIE), if any.
     pub env_cookie: Option<String>,
-    _forwards: Vec<Forward>,
-    _session: Session,
+    helper: Link,
+    client: kube::Client,
+    namespace: String,
+    opts: UpOptions,
+    retry: BTreeMap<String, PodInfo>,
+    /// Every pod name bridged so far: one that comes back (a StatefulSet pod re-created with a
+    /// new IP) is reported as changed, not as new.
+    seen: std::collections::BTreeSet<String>,
 }
 
 impl Drop for Bridge {
@@ -73,7 +116,6 @@ impl Drop for Bridge {
         }
     }
 }
-
 /// Why `erlbridge up` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -133,18 +175,43 @@ pub async fn up(opts: &UpOptions) -> Result<Bridge, UpError> {
     let (client, namespace) = crate::k8s::connect(&opts.cluster).await?;
     let (pods, skipped) = discover(&client, &namespace, &opts.target, opts.node_host).await?;
     info!(target = %opts.target, pods = pods.len(), "discovered");
-    let mut session = Session::open(
+    let helper = Link::open(
         &opts.helper_socket,
         &format!("erlbridge up {}", opts.target),
     )
     .await?;
+    let mut bridge = Bridge {
+        pods: BTreeMap::new(),
+        skipped,
+        inetrc: None,
+        env_cookie: pods.iter().find_map(|p| p.env_cookie.clone()),
+        helper,
+        client,
+        namespace,
+        opts: opts.clone(),
+        retry: BTreeMap::new(),
+        seen: Default::default(),
+    };
+    for pod in pods {
+        bridge.bridge_pod(pod).await?;
+    }
+    bridge.write_inetrc()?;
+    Ok(bridge)
+}
 
-    let mut nodes = Vec::new();
-    let mut forwards = Vec::new();
-    let mut hosts = Vec::new();
-    for pod in &pods {
-        let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
-        let registered = registered(&api, pod).await?;
+/// How often pods that could not be bridged are tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+impl Bridge {
+    /// Every bridged node, by pod name.
+    pub fn nodes(&self) -> Vec<BridgedNode> {
+        self.pods.values().flat_map(|p| p.nodes.clone()).collect()
+    }
+
+    /// Asks the pod's epmd for its nodes, opens their forwards and redirects.
+    async fn bridge_pod(&mut self, pod: PodInfo) -> Result<Vec<BridgedNode>, UpError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let registered = registered(&api, &pod).await?;
         if registered.is_empty() {
             return Err(UpError::NoEpmd {
                 pod: pod.name.clone(),
@@ -152,49 +219,189 @@ pub async fn up(opts: &UpOptions) -> Result<Bridge, UpError> {
                 reason: "epmd answers, but no Erlang node is registered with it".to_owned(),
             });
         }
-        let epmd_forward = forward::listen(api.clone(), pod.name.clone(), pod.epmd_port).await?;
-        session
-            .map(
-                SocketAddr::new(pod.ip, pod.epmd_port),
-                epmd_forward.local.port(),
-            )
-            .await?;
-        forwards.push(epmd_forward);
-        for node in registered {
-            let dist_forward = forward::listen(api.clone(), pod.name.clone(), node.port).await?;
-            session
-                .map(
-                    SocketAddr::new(pod.ip, node.port),
-                    dist_forward.local.port(),
-                )
-                .await?;
-            forwards.push(dist_forward);
-            nodes.push(BridgedNode {
+        let mut ports = vec![pod.epmd_port];
+        ports.extend(registered.iter().map(|r| r.port));
+        let mut forwards = Vec::new();
+        let mut mapped = Vec::new();
+        for port in ports {
+            let forward = forward::listen(api.clone(), pod.name.clone(), port).await?;
+            let addr = SocketAddr::new(pod.ip, port);
+            if let Err(e) = self.helper.map(addr, forward.local.port()).await {
+                for done in mapped {
+                    let _ = self.helper.unmap(done).await;
+                }
+                return Err(e.into());
+            }
+            mapped.push(addr);
+            forwards.push(forward);
+        }
+        let nodes: Vec<BridgedNode> = registered
+            .into_iter()
+            .map(|node| BridgedNode {
                 node: format!("{}@{}", node.name, pod.host),
                 pod: pod.name.clone(),
                 namespace: pod.namespace.clone(),
                 ip: pod.ip,
                 epmd_port: pod.epmd_port,
                 dist_port: node.port,
-            });
+            })
+            .collect();
+        self.seen.insert(pod.name.clone());
+        self.pods.insert(
+            pod.name.clone(),
+            PodBridge {
+                info: pod,
+                nodes: nodes.clone(),
+                mapped,
+                _forwards: forwards,
+            },
+        );
+        Ok(nodes)
+    }
+
+    /// Unbridges a pod: its redirects and forwards go.
+    async fn unbridge_pod(&mut self, name: &str) -> Vec<BridgedNode> {
+        let Some(pod) = self.pods.remove(name) else {
+            return Vec::new();
+        };
+        for addr in &pod.mapped {
+            if let Err(e) = self.helper.unmap(*addr).await {
+                warn!(pod = name, %addr, error = %e, "could not remove a redirect");
+            }
         }
-        if pod.host.parse::<IpAddr>().is_err() {
-            hosts.push((pod.ip, pod.host.clone()));
+        pod.nodes
+    }
+
+    fn write_inetrc(&mut self) -> Result<(), UpError> {
+        let hosts: Vec<(IpAddr, String)> = self
+            .pods
+            .values()
+            .filter(|p| p.info.host.parse::<IpAddr>().is_err())
+            .map(|p| (p.info.ip, p.info.host.clone()))
+            .collect();
+        if hosts.is_empty() {
+            return Ok(());
+        }
+        let path = self.inetrc.clone().unwrap_or_else(inetrc_path);
+        std::fs::write(&path, inetrc_text(&hosts)).map_err(|e| UpError::Inetrc(path.clone(), e))?;
+        self.inetrc = Some(path);
+        Ok(())
+    }
+
+    /// Brings one watched pod in line: bridged at its current IP when ready, unbridged when
+    /// deleted.
+    async fn reconcile(&mut self, pod: &Pod, deleted: bool, changes: &mut Vec<Change>) {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if deleted {
+            self.retry.remove(&name);
+            let nodes = self.unbridge_pod(&name).await;
+            if !nodes.is_empty() {
+                changes.push(Change::PodRemoved(nodes));
+            }
+            return;
+        }
+        let Ok(info) = pod_info(pod, self.opts.node_host) else {
+            // Not ready: keep what is bridged until the pod is deleted or gets a new IP.
+            return;
+        };
+        let known = self.pods.get(&name).map(|p| p.info.ip);
+        if known == Some(info.ip) {
+            return;
+        }
+        if known.is_some() {
+            self.unbridge_pod(&name).await;
+        }
+        self.try_bridge(info, changes).await;
+    }
+
+    async fn try_bridge(&mut self, info: PodInfo, changes: &mut Vec<Change>) {
+        let name = info.name.clone();
+        let came_back = self.seen.contains(&name);
+        match self.bridge_pod(info.clone()).await {
+            Ok(nodes) => {
+                self.retry.remove(&name);
+                changes.push(if came_back {
+                    Change::PodChanged(nodes)
+                } else {
+                    Change::PodAdded(nodes)
+                });
+                if let Err(e) = self.write_inetrc() {
+                    warn!(error = %e, "could not update the inetrc file");
+                }
+            }
+            Err(e) => {
+                if !self.retry.contains_key(&name) {
+                    changes.push(Change::PodUnreachable {
+                        pod: name.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+                self.retry.insert(name, info);
+            }
         }
     }
-    let inetrc = if hosts.is_empty() {
-        None
-    } else {
-        Some(write_inetrc(&hosts)?)
-    };
-    Ok(Bridge {
-        nodes,
-        skipped,
-        inetrc,
-        env_cookie: pods.iter().find_map(|p| p.env_cookie.clone()),
-        _forwards: forwards,
-        _session: session,
-    })
+
+    /// Keeps the bridge healed until cancelled: follows the target's pods (restarts with new
+    /// IPs, new and removed replicas) and the helper (restarts), reporting each change.
+    pub async fn run(&mut self, mut report: impl FnMut(Change)) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let config = match self.watch_selector().await {
+            Ok(config) => config,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the target's pods; the bridge will not follow restarts");
+                std::future::pending::<()>().await;
+                return;
+            }
+        };
+        let mut pods = watcher(api, config).default_backoff().boxed();
+        let mut tick = tokio::time::interval(RETRY_EVERY);
+        loop {
+            let mut changes = Vec::new();
+            tokio::select! {
+                event = pods.next() => match event {
+                    Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
+                        self.reconcile(&pod, false, &mut changes).await;
+                    }
+                    Some(Ok(watcher::Event::Delete(pod))) => self.reconcile(&pod, true, &mut changes).await,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => debug!(error = %e, "the pod watch failed; retrying"),
+                    None => return,
+                },
+                () = self.helper.ended() => {
+                    report(Change::HelperLost);
+                    let mut delay = Duration::from_millis(100);
+                    while let Err(e) = self.helper.restore().await {
+                        debug!(error = %e, "the helper is not back yet");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                    changes.push(Change::HelperRestored);
+                }
+                _ = tick.tick(), if !self.retry.is_empty() => {
+                    let pending: Vec<PodInfo> = self.retry.values().cloned().collect();
+                    for info in pending {
+                        self.try_bridge(info, &mut changes).await;
+                    }
+                }
+            }
+            for change in changes {
+                report(change);
+            }
+        }
+    }
+
+    /// What to watch: the pod by name, or the workload's / the user's label selector.
+    async fn watch_selector(&self) -> Result<watcher::Config, DiscoverError> {
+        Ok(match &self.opts.target {
+            Target::Pod(name) => {
+                watcher::Config::default().fields(&format!("metadata.name={name}"))
+            }
+            target => {
+                let selector = selector_of(&self.client, &self.namespace, target).await?;
+                watcher::Config::default().labels(&selector)
+            }
+        })
+    }
 }
 
 /// The inetrc text mapping DNS names to pod IPs, then falling back to the system resolver.
@@ -211,14 +418,12 @@ pub fn inetrc_text(hosts: &[(IpAddr, String)]) -> String {
     text
 }
 
-fn write_inetrc(hosts: &[(IpAddr, String)]) -> Result<PathBuf, UpError> {
+fn inetrc_path() -> PathBuf {
     let dir = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|d| d.is_dir())
         .unwrap_or_else(std::env::temp_dir);
-    let path = dir.join(format!("erlbridge-{}.inetrc", std::process::id()));
-    std::fs::write(&path, inetrc_text(hosts)).map_err(|e| UpError::Inetrc(path.clone(), e))?;
-    Ok(path)
+    dir.join(format!("erlbridge-{}.inetrc", std::process::id()))
 }
 
 #[cfg(test)]

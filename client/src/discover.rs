@@ -228,32 +228,16 @@ pub async fn discover(
     node_host: Option<NodeHost>,
 ) -> Result<(Vec<PodInfo>, Vec<String>), DiscoverError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let selector = match target {
-        Target::Pod(name) => {
-            let pod = pods
-                .get(name)
-                .await
-                .map_err(|e| api_error(e, &format!("pod {name} in namespace {namespace}")))?;
-            return pod_info(&pod, node_host)
-                .map(|p| (vec![p], vec![]))
-                .map_err(DiscoverError::NotReady);
-        }
-        Target::StatefulSet(name) => {
-            let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-            let sts = api.get(name).await.map_err(|e| {
-                api_error(e, &format!("statefulset {name} in namespace {namespace}"))
-            })?;
-            match_labels(sts.spec.and_then(|s| s.selector.match_labels))
-        }
-        Target::Deployment(name) => {
-            let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-            let d = api.get(name).await.map_err(|e| {
-                api_error(e, &format!("deployment {name} in namespace {namespace}"))
-            })?;
-            match_labels(d.spec.and_then(|s| s.selector.match_labels))
-        }
-        Target::Selector(selector) => selector.clone(),
-    };
+    if let Target::Pod(name) = target {
+        let pod = pods
+            .get(name)
+            .await
+            .map_err(|e| api_error(e, &format!("pod {name} in namespace {namespace}")))?;
+        return pod_info(&pod, node_host)
+            .map(|p| (vec![p], vec![]))
+            .map_err(DiscoverError::NotReady);
+    }
+    let selector = selector_of(client, namespace, target).await?;
     let list = pods
         .list(&ListParams::default().labels(&selector))
         .await
@@ -277,6 +261,33 @@ pub async fn discover(
         )));
     }
     Ok((ready, skipped))
+}
+
+/// The label selector of a target: a workload's `matchLabels`, or the user's selector. A pod
+/// target has none (it is watched by name), so it gets its StatefulSet pod-name label.
+pub async fn selector_of(
+    client: &kube::Client,
+    namespace: &str,
+    target: &Target,
+) -> Result<String, DiscoverError> {
+    Ok(match target {
+        Target::Pod(name) => format!("statefulset.kubernetes.io/pod-name={name}"),
+        Target::StatefulSet(name) => {
+            let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+            let sts = api.get(name).await.map_err(|e| {
+                api_error(e, &format!("statefulset {name} in namespace {namespace}"))
+            })?;
+            match_labels(sts.spec.and_then(|s| s.selector.match_labels))
+        }
+        Target::Deployment(name) => {
+            let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+            let d = api.get(name).await.map_err(|e| {
+                api_error(e, &format!("deployment {name} in namespace {namespace}"))
+            })?;
+            match_labels(d.spec.and_then(|s| s.selector.match_labels))
+        }
+        Target::Selector(selector) => selector.clone(),
+    })
 }
 
 fn match_labels(labels: Option<BTreeMap<String, String>>) -> String {

@@ -51,7 +51,7 @@ pub struct Session {
     client: pb::helper_client::HelperClient<Channel>,
     id: u64,
     // Holding the stream is what keeps the session (and its rules) alive.
-    _events: tonic::Streaming<pb::SessionEvent>,
+    events: tonic::Streaming<pb::SessionEvent>,
 }
 
 fn refused(what: impl Into<String>, status: tonic::Status) -> HelperError {
@@ -101,7 +101,7 @@ impl Session {
             Some(pb::session_event::Event::Opened(opened)) => Ok(Session {
                 client,
                 id: opened.session_id,
-                _events: events,
+                events,
             }),
             None => Err(HelperError::Unreachable {
                 socket: socket.to_owned(),
@@ -123,6 +123,92 @@ impl Session {
             .await
             .map(|_| ())
             .map_err(|status| refused(format!("a mapping for {pod}"), status))
+    }
+
+    /// Removes the redirect of `pod`.
+    pub async fn unmap(&mut self, pod: SocketAddr) -> Result<(), HelperError> {
+        self.client
+            .remove_mapping(pb::RemoveMappingRequest {
+                session_id: self.id,
+                pod_ip: pod.ip().to_string(),
+                pod_port: pod.port().into(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|status| refused(format!("removing the mapping for {pod}"), status))
+    }
+
+    /// Completes when the helper ends the session (it stopped, restarted, or dropped us).
+    pub async fn ended(&mut self) {
+        while let Ok(Some(_)) = self.events.message().await {}
+    }
+}
+
+/// A session that outlives the helper: it remembers its mappings, and after the helper comes
+/// back, [`Link::restore`] opens a new session and adds them again.
+pub struct Link {
+    socket: PathBuf,
+    label: String,
+    session: Option<Session>,
+    mappings: std::collections::BTreeMap<SocketAddr, u16>,
+}
+
+impl Link {
+    /// Opens the first session; failing here is reported, not retried.
+    pub async fn open(socket: &Path, label: &str) -> Result<Link, HelperError> {
+        Ok(Link {
+            session: Some(Session::open(socket, label).await?),
+            socket: socket.to_owned(),
+            label: label.to_owned(),
+            mappings: Default::default(),
+        })
+    }
+
+    /// Redirects `pod` to 127.0.0.1:`local_port` (now, or on restore while the helper is away).
+    pub async fn map(&mut self, pod: SocketAddr, local_port: u16) -> Result<(), HelperError> {
+        if let Some(session) = &mut self.session {
+            session.map(pod, local_port).await?;
+        }
+        self.mappings.insert(pod, local_port);
+        Ok(())
+    }
+
+    /// Removes the redirect of `pod`.
+    pub async fn unmap(&mut self, pod: SocketAddr) -> Result<(), HelperError> {
+        self.mappings.remove(&pod);
+        match &mut self.session {
+            Some(session) => session.unmap(pod).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Completes when the live session ends (never, while there is none).
+    pub async fn ended(&mut self) {
+        match &mut self.session {
+            Some(session) => session.ended().await,
+            None => std::future::pending().await,
+        }
+        self.session = None;
+    }
+
+    /// Opens a new session and adds every remembered mapping again.
+    pub async fn restore(&mut self) -> Result<(), HelperError> {
+        let mut session = Session::open(&self.socket, &self.label).await?;
+        for (pod, port) in &self.mappings {
+            session.map(*pod, *port).await?;
+        }
+        self.session = Some(session);
+        Ok(())
+    }
+
+    /// How many mappings the link holds.
+    pub fn len(&self) -> usize {
+        self.mappings.len()
+    }
+
+    /// Whether the link holds no mapping.
+    pub fn is_empty(&self) -> bool {
+        self.mappings.is_empty()
     }
 }
 

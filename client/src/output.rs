@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::bridge::Bridge;
+use crate::bridge::{Bridge, BridgedNode, Change};
 
 /// `--output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -19,10 +19,7 @@ pub fn ready(output: Output, bridge: &Bridge) -> String {
     match output {
         Output::Json => json!({
             "event": "ready",
-            "nodes": bridge.nodes.iter().map(|n| json!({
-                "node": n.node, "pod": n.pod, "namespace": n.namespace, "ip": n.ip.to_string(),
-                "epmd_port": n.epmd_port, "dist_port": n.dist_port,
-            })).collect::<Vec<_>>(),
+            "nodes": nodes_json(&bridge.nodes()),
             "inetrc": bridge.inetrc.as_ref().map(|p| p.display().to_string()),
         })
         .to_string(),
@@ -32,18 +29,19 @@ pub fn ready(output: Output, bridge: &Bridge) -> String {
 
 fn ready_text(bridge: &Bridge) -> String {
     let mut text = String::new();
-    let count = bridge.nodes.len();
+    let count = bridge.nodes().len();
     text.push_str(&format!(
         "erlbridge: {count} node{} bridged\n",
         if count == 1 { "" } else { "s" }
     ));
-    for n in &bridge.nodes {
+    for n in &bridge.nodes() {
         text.push_str(&format!(
             "  {:<40} pod {}/{} ({}), epmd {}, distribution {}\n",
             n.node, n.namespace, n.pod, n.ip, n.epmd_port, n.dist_port
         ));
     }
-    let Some(first) = bridge.nodes.first() else {
+    let nodes = bridge.nodes();
+    let Some(first) = nodes.first() else {
         return text;
     };
     let env = match &bridge.inetrc {
@@ -86,5 +84,77 @@ pub fn warning(output: Output, message: &str) -> String {
     match output {
         Output::Json => json!({"event": "warning", "message": message}).to_string(),
         Output::Text => format!("erlbridge: warning: {message}"),
+    }
+}
+
+fn nodes_json(nodes: &[BridgedNode]) -> Vec<serde_json::Value> {
+    nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node": n.node, "pod": n.pod, "namespace": n.namespace, "ip": n.ip.to_string(),
+                "epmd_port": n.epmd_port, "dist_port": n.dist_port,
+            })
+        })
+        .collect()
+}
+
+fn names(nodes: &[BridgedNode]) -> String {
+    nodes
+        .iter()
+        .map(|n| n.node.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A change the bridge made while up.
+pub fn change(output: Output, change: &Change) -> String {
+    let pod_of = |nodes: &[BridgedNode]| nodes.first().map(|n| n.pod.clone()).unwrap_or_default();
+    match output {
+        Output::Json => match change {
+            Change::PodAdded(nodes) => {
+                json!({"event": "pod_added", "pod": pod_of(nodes), "nodes": nodes_json(nodes)})
+            }
+            Change::PodChanged(nodes) => {
+                json!({"event": "pod_changed", "pod": pod_of(nodes), "nodes": nodes_json(nodes)})
+            }
+            Change::PodRemoved(nodes) => {
+                json!({"event": "pod_removed", "pod": pod_of(nodes), "nodes": nodes_json(nodes)})
+            }
+            Change::PodUnreachable { pod, reason } => {
+                json!({"event": "pod_unreachable", "pod": pod, "message": reason})
+            }
+            Change::HelperLost => json!({"event": "helper_lost"}),
+            Change::HelperRestored => json!({"event": "helper_restored"}),
+        }
+        .to_string(),
+        Output::Text => match change {
+            Change::PodAdded(nodes) => format!(
+                "erlbridge: pod {} added; bridged {}",
+                pod_of(nodes),
+                names(nodes)
+            ),
+            Change::PodChanged(nodes) => format!(
+                "erlbridge: pod {} came back at {}; bridged {}",
+                pod_of(nodes),
+                nodes.first().map(|n| n.ip.to_string()).unwrap_or_default(),
+                names(nodes)
+            ),
+            Change::PodRemoved(nodes) => format!(
+                "erlbridge: pod {} is gone; {} no longer bridged",
+                pod_of(nodes),
+                names(nodes)
+            ),
+            Change::PodUnreachable { pod, reason } => {
+                format!("erlbridge: pod {pod} cannot be bridged yet ({reason}); retrying")
+            }
+            Change::HelperLost => {
+                "erlbridge: erlbridge-helperd went away; redirects are off until it is back"
+                    .to_owned()
+            }
+            Change::HelperRestored => {
+                "erlbridge: erlbridge-helperd is back; every redirect restored".to_owned()
+            }
+        },
     }
 }

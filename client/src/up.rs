@@ -69,7 +69,7 @@ pub async fn run(args: UpArgs) -> u8 {
         node_host: args.node_host,
         helper_socket: args.helper_socket.clone(),
     };
-    let bridge = match up(&opts).await {
+    let mut bridge = match up(&opts).await {
         Ok(bridge) => bridge,
         Err(e) => {
             let (code, kind) = classify(&e);
@@ -88,62 +88,78 @@ pub async fn run(args: UpArgs) -> u8 {
         );
     }
     say(&output::ready(args.output, &bridge));
+    let env = command_env(&bridge);
+    let out = args.output;
+    // The bridge heals itself for as long as it is up; dropping this future (when a signal
+    // comes or the command exits) drops the bridge, which removes its rules.
+    let heal = async move {
+        bridge
+            .run(|change| say(&output::change(out, &change)))
+            .await;
+        // The watch ended for good: keep the bridge as it is.
+        std::future::pending::<()>().await
+    };
     if args.command.is_empty() {
-        hold().await;
-        exit::OK
+        tokio::select! {
+            () = heal => exit::OK,
+            _ = stop_signal() => exit::OK,
+        }
     } else {
-        run_command(&args, &bridge).await
+        tokio::select! {
+            () = heal => exit::OTHER,
+            code = run_command(&args, env) => code,
+        }
     }
 }
 
-async fn hold() {
+/// Completes on SIGTERM or SIGINT with the signal's number.
+async fn stop_signal() -> u8 {
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        // Without signal handlers, Ctrl-C still ends the process and the helper cleans up.
-        std::future::pending::<()>().await;
-        return;
+        // Without handlers the default action ends the process; the helper still cleans up.
+        return std::future::pending().await;
     };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = term.recv() => 15,
+        _ = int.recv() => 2,
     }
 }
 
-async fn run_command(args: &UpArgs, bridge: &Bridge) -> u8 {
-    let nodes: Vec<&str> = bridge.nodes.iter().map(|n| n.node.as_str()).collect();
-    let mut cmd = tokio::process::Command::new(&args.command[0]);
-    cmd.args(&args.command[1..])
-        .env("ERLBRIDGE_NODE", nodes.first().copied().unwrap_or_default())
-        .env("ERLBRIDGE_NODES", nodes.join(" "))
-        .kill_on_drop(true);
+/// The environment `-- CMD` gets: the bridged node names, and the inetrc file if any.
+fn command_env(bridge: &Bridge) -> Vec<(String, String)> {
+    let nodes: Vec<String> = bridge.nodes().into_iter().map(|n| n.node).collect();
+    let mut env = vec![
+        (
+            "ERLBRIDGE_NODE".to_owned(),
+            nodes.first().cloned().unwrap_or_default(),
+        ),
+        ("ERLBRIDGE_NODES".to_owned(), nodes.join(" ")),
+    ];
     if let Some(path) = &bridge.inetrc {
-        cmd.env("ERL_INETRC", path);
+        env.push(("ERL_INETRC".to_owned(), path.display().to_string()));
     }
+    env
+}
+
+async fn run_command(args: &UpArgs, env: Vec<(String, String)>) -> u8 {
+    let mut cmd = tokio::process::Command::new(&args.command[0]);
+    cmd.args(&args.command[1..]).envs(env).kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let line = output::error(
-                args.output,
-                127,
-                "command",
-                &format!("cannot run {:?}: {e}", args.command[0]),
-            );
-            eprintln!("{line}");
+            let message = format!("cannot run {:?}: {e}", args.command[0]);
+            eprintln!("{}", output::error(args.output, 127, "command", &message));
             return 127;
         }
     };
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return exit::OTHER;
-    };
     let status = tokio::select! {
         status = child.wait() => status,
-        _ = term.recv() => { let _ = child.kill().await; return 128 + 15; }
-        _ = int.recv() => { let _ = child.kill().await; return 128 + 2; }
+        signal = stop_signal() => {
+            let _ = child.kill().await;
+            return 128 + signal;
+        }
     };
     let code = match status {
         Ok(s) => s

@@ -339,6 +339,40 @@ impl Cluster {
         Ok(self.pod(name).ip())
     }
 
+    /// Scales a StatefulSet or Deployment of the manifest up (new pods start, and join the
+    /// others' Erlang cluster) or down (the highest-numbered pods are deleted).
+    pub fn scale(&mut self, workload: &str, replicas: i32) -> anyhow::Result<()> {
+        let (kind, mut spec) = self
+            .manifest
+            .workloads()
+            .into_iter()
+            .find(|(_, w)| w.name == workload)
+            .map(|(k, w)| (k, w.clone()))
+            .with_context(|| format!("no workload {workload} in the manifest"))?;
+        let before = spec.replicas;
+        spec.replicas = replicas;
+        self.emulator.apply_workload(spec.desc(kind));
+        for i in before..replicas {
+            self.start_pod(spec.pod(kind, i))?;
+        }
+        for i in replicas..before {
+            let pod = spec.pod(kind, i);
+            self.emulator.delete_pod(&pod.namespace, &pod.name);
+            self.pods.remove(&pod.name);
+        }
+        for w in self
+            .manifest
+            .statefulsets
+            .iter_mut()
+            .chain(self.manifest.deployments.iter_mut())
+        {
+            if w.name == workload {
+                w.replicas = replicas;
+            }
+        }
+        self.mesh()
+    }
+
     /// Kills the pod's Erlang node (and its epmd), leaving the pod Running with nothing on its
     /// ports.
     pub fn kill_node(&mut self, name: &str) -> anyhow::Result<()> {
