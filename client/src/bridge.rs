@@ -20,6 +20,7 @@ use kube::api::Api;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use tracing::{debug, info, warn};
 
+use crate::cookie::{CookieError, CookieSource};
 use crate::discover::{DiscoverError, NodeHost, PodInfo, Target, discover, pod_info, selector_of};
 use crate::epmd;
 use crate::forward::{self, Forward, ForwardError};
@@ -40,6 +41,8 @@ pub struct UpOptions {
     pub node_host: Option<NodeHost>,
     /// The helper's socket.
     pub helper_socket: PathBuf,
+    /// Where the cookie comes from; `None`: the pods' RELEASE_COOKIE, if any.
+    pub cookie_from: Option<CookieSource>,
 }
 
 /// One bridged Erlang node.
@@ -97,8 +100,8 @@ pub struct Bridge {
     pub skipped: Vec<String>,
     /// The ERL_INETRC file for DNS-named nodes, if any.
     pub inetrc: Option<PathBuf>,
-    /// A cookie found in the pods' environment (RELEASE_COOKIE), if any.
-    pub env_cookie: Option<String>,
+    /// The nodes' cookie, when known (never logged, never in JSON output).
+    pub cookie: Option<String>,
     helper: Link,
     client: kube::Client,
     namespace: String,
@@ -141,6 +144,9 @@ pub enum UpError {
     /// The helper could not be used.
     #[error(transparent)]
     Helper(#[from] HelperError),
+    /// The cookie could not be had.
+    #[error(transparent)]
+    Cookie(#[from] CookieError),
     /// The ERL_INETRC file could not be written.
     #[error("cannot write {0}")]
     Inetrc(PathBuf, #[source] std::io::Error),
@@ -175,6 +181,12 @@ pub async fn up(opts: &UpOptions) -> Result<Bridge, UpError> {
     let (client, namespace) = crate::k8s::connect(&opts.cluster).await?;
     let (pods, skipped) = discover(&client, &namespace, &opts.target, opts.node_host).await?;
     info!(target = %opts.target, pods = pods.len(), "discovered");
+    let cookie = match &opts.cookie_from {
+        Some(source) => Some(crate::cookie::resolve(&client, &namespace, source, &pods).await?),
+        None => pods
+            .iter()
+            .find_map(|p| p.env.get("RELEASE_COOKIE").cloned()),
+    };
     let helper = Link::open(
         &opts.helper_socket,
         &format!("erlbridge up {}", opts.target),
@@ -184,7 +196,7 @@ pub async fn up(opts: &UpOptions) -> Result<Bridge, UpError> {
         pods: BTreeMap::new(),
         skipped,
         inetrc: None,
-        env_cookie: pods.iter().find_map(|p| p.env_cookie.clone()),
+        cookie,
         helper,
         client,
         namespace,

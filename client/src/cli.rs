@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::cookie::CookieSource;
 use crate::discover::{NodeHost, Target};
 use crate::output::Output;
 
@@ -27,6 +28,8 @@ pub mod exit {
     pub const HELPER_UNREACHABLE: u8 = 7;
     /// erlbridge-helperd refused a request (its message says why).
     pub const HELPER_REFUSED: u8 = 8;
+    /// The bridge was not ready within `--ready-timeout`.
+    pub const READY_TIMEOUT: u8 = 9;
 }
 
 const EXIT_CODES: &str = "\
@@ -39,7 +42,8 @@ Exit codes:
   5  Kubernetes API unreachable, or kubeconfig missing or invalid
   6  Kubernetes API refused the credentials or their rights (401/403)
   7  erlbridge-helperd not running, or its socket not open to you
-  8  erlbridge-helperd refused a request";
+  8  erlbridge-helperd refused a request
+  9  not ready within --ready-timeout";
 
 /// erlbridge: connect local Erlang/Elixir nodes to the distributed Erlang nodes in Kubernetes
 /// pods, without sudo.
@@ -58,14 +62,18 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Bridge the Erlang nodes of a pod, StatefulSet or Deployment until Ctrl-C (or until
-    /// `-- CMD` exits).
+    /// `-- CMD` exits), following pod restarts and scaling.
     #[command(after_help = EXIT_CODES)]
     Up(UpArgs),
+    /// Bridge, then open a remote shell on the (first) node: `iex --remsh`, or `erl -remsh`
+    /// when iex is missing or --erl is given. The bridge ends when the shell does.
+    #[command(after_help = EXIT_CODES)]
+    Remsh(RemshArgs),
 }
 
-/// `erlbridge up`.
+/// What to bridge and how; shared by `up` and `remsh`.
 #[derive(Debug, Args)]
-pub struct UpArgs {
+pub struct BridgeArgs {
     /// POD, pod/NAME, statefulset/NAME (sts/NAME) or deployment/NAME.
     #[arg(value_parser = clap::value_parser!(Target), required_unless_present = "selector")]
     pub target: Option<Target>,
@@ -91,13 +99,22 @@ pub struct UpArgs {
     /// RELEASE_NODE says, else the IP).
     #[arg(long, value_enum)]
     pub node_host: Option<NodeHost>,
-    /// A command to run once the bridge is ready, with ERLBRIDGE_NODE, ERLBRIDGE_NODES (and
-    /// ERL_INETRC) set; the bridge ends when it exits, with its exit code.
-    #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
+    /// Where the Erlang cookie is: secret/NAME[:KEY] or env[:VARIABLE] (the pods' environment,
+    /// RELEASE_COOKIE by default). Without it, the pods' RELEASE_COOKIE is used if they set one.
+    #[arg(long, value_name = "SOURCE", value_parser = clap::value_parser!(CookieSource))]
+    pub cookie_from: Option<CookieSource>,
+    /// Put the cookie into the printed commands (never into JSON output).
+    #[arg(long)]
+    pub show_cookie: bool,
+    /// Write the cookie to this file, readable by you only (mode 0600).
+    #[arg(long, value_name = "PATH")]
+    pub cookie_file: Option<PathBuf>,
+    /// Fail (exit code 9) when the bridge is not ready within this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub ready_timeout: Option<u64>,
 }
 
-impl UpArgs {
+impl BridgeArgs {
     /// The target, from TARGET or -l.
     pub fn target(&self) -> Target {
         match (&self.target, &self.selector) {
@@ -107,4 +124,30 @@ impl UpArgs {
             (None, None) => Target::Selector(String::new()),
         }
     }
+}
+
+/// `erlbridge up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// What to bridge and how.
+    #[command(flatten)]
+    pub bridge: BridgeArgs,
+    /// A command to run once the bridge is ready, with ERLBRIDGE_NODE, ERLBRIDGE_NODES,
+    /// ERLBRIDGE_COOKIE (and ERL_INETRC) set; the bridge ends when it exits, with its exit code.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `erlbridge remsh`.
+#[derive(Debug, Args)]
+pub struct RemshArgs {
+    /// What to bridge and how.
+    #[command(flatten)]
+    pub bridge: BridgeArgs,
+    /// Use `erl -remsh` even when iex is available.
+    #[arg(long)]
+    pub erl: bool,
+    /// The node to attach to (default: the first bridged node).
+    #[arg(long)]
+    pub node: Option<String>,
 }

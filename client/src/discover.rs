@@ -101,8 +101,8 @@ pub struct PodInfo {
     pub epmd_port: u16,
     /// The host part of its nodes' names: the IP, or a DNS name.
     pub host: String,
-    /// RELEASE_COOKIE from its environment, if set there in clear.
-    pub env_cookie: Option<String>,
+    /// Its container environment (plain values only), for `--cookie-from env`.
+    pub env: BTreeMap<String, String>,
 }
 
 /// Why discovery failed.
@@ -215,7 +215,7 @@ pub fn pod_info(pod: &Pod, node_host: Option<NodeHost>) -> Result<PodInfo, Strin
         ip,
         epmd_port,
         host,
-        env_cookie: env.get("RELEASE_COOKIE").cloned(),
+        env,
     })
 }
 
@@ -349,7 +349,10 @@ mod tests {
             (info.ip.to_string(), info.epmd_port, info.host.as_str()),
             ("10.244.1.8".into(), 4370, "10.244.1.8")
         );
-        assert_eq!(info.env_cookie.as_deref(), Some("c"));
+        assert_eq!(
+            info.env.get("RELEASE_COOKIE").map(String::as_str),
+            Some("c")
+        );
         let dns = pod_info(&pod(base.clone()), Some(NodeHost::Dns)).expect("dns");
         assert_eq!(dns.host, "app-0.app.default.svc.cluster.local");
 

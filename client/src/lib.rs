@@ -8,10 +8,12 @@
 
 pub mod bridge;
 pub mod cli;
+pub mod cookie;
 pub mod discover;
 pub mod epmd;
 pub mod forward;
 pub mod helper;
 pub mod k8s;
 pub mod output;
+pub mod remsh;
 pub mod up;

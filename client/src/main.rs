@@ -36,6 +36,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Up(args) => erlbridge::up::run(args).await,
+            Command::Remsh(args) => erlbridge::remsh::run(args).await,
         }
     });
     ExitCode::from(code)

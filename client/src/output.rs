@@ -15,7 +15,7 @@ pub enum Output {
 }
 
 /// The ready report.
-pub fn ready(output: Output, bridge: &Bridge) -> String {
+pub fn ready(output: Output, bridge: &Bridge, show_cookie: bool) -> String {
     match output {
         Output::Json => json!({
             "event": "ready",
@@ -23,11 +23,11 @@ pub fn ready(output: Output, bridge: &Bridge) -> String {
             "inetrc": bridge.inetrc.as_ref().map(|p| p.display().to_string()),
         })
         .to_string(),
-        Output::Text => ready_text(bridge),
+        Output::Text => ready_text(bridge, show_cookie),
     }
 }
 
-fn ready_text(bridge: &Bridge) -> String {
+fn ready_text(bridge: &Bridge, show_cookie: bool) -> String {
     let mut text = String::new();
     let count = bridge.nodes().len();
     text.push_str(&format!(
@@ -48,10 +48,21 @@ fn ready_text(bridge: &Bridge) -> String {
         Some(path) => format!("ERL_INETRC={} ", path.display()),
         None => String::new(),
     };
+    let (cookie, intro) = match (&bridge.cookie, show_cookie) {
+        (Some(cookie), true) => (cookie.clone(), "Connect a hidden local node:".to_owned()),
+        (Some(_), false) => (
+            "\"$COOKIE\"".to_owned(),
+            "Set COOKIE to the nodes' cookie (--show-cookie prints it, --cookie-file writes it), then connect a hidden local node:".to_owned(),
+        ),
+        (None, _) => (
+            "\"$COOKIE\"".to_owned(),
+            "Set COOKIE to the nodes' cookie (or let erlbridge read it: --cookie-from secret/NAME), then connect a hidden local node:".to_owned(),
+        ),
+    };
     text.push_str(&format!(
-        "\nSet COOKIE to the nodes' cookie, then connect a hidden local node:\n\
-         \x20 {env}iex --name me@127.0.0.1 --cookie \"$COOKIE\" --hidden --remsh {node}\n\
-         \x20 {env}erl -name me@127.0.0.1 -setcookie \"$COOKIE\" -hidden -remsh {node}\n\
+        "\n{intro}\n\
+         \x20 {env}iex --name me@127.0.0.1 --cookie {cookie} --hidden --remsh {node}\n\
+         \x20 {env}erl -name me@127.0.0.1 -setcookie {cookie} -hidden -remsh {node}\n\
          \x20 or, in a node started with --hidden: Node.connect(:\"{node}\")\n",
         node = first.node
     ));

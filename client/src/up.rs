@@ -8,7 +8,8 @@ use std::io::Write as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::bridge::{Bridge, UpError, UpOptions, up};
-use crate::cli::{UpArgs, exit};
+use crate::cli::{BridgeArgs, UpArgs, exit};
+use crate::cookie::CookieError;
 use crate::discover::DiscoverError;
 use crate::forward::ForwardError;
 use crate::helper::HelperError;
@@ -35,6 +36,9 @@ pub fn classify(e: &UpError) -> (u8, &'static str) {
         UpError::Forward(ForwardError::Listen(_)) | UpError::Inetrc(..) => (exit::OTHER, "local"),
         UpError::Helper(HelperError::Refused { .. }) => (exit::HELPER_REFUSED, "helper_refused"),
         UpError::Helper(_) => (exit::HELPER_UNREACHABLE, "helper_unreachable"),
+        UpError::Cookie(CookieError::NotFound(_)) => (exit::NOT_FOUND, "cookie_not_found"),
+        UpError::Cookie(CookieError::Forbidden { .. }) => (exit::FORBIDDEN, "kubernetes_forbidden"),
+        UpError::Cookie(CookieError::Api(..)) => (exit::KUBERNETES, "kubernetes"),
     }
 }
 
@@ -51,14 +55,25 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
 
-/// Runs `erlbridge up`; returns the process's exit code.
-pub async fn run(args: UpArgs) -> u8 {
+/// Reports a failure the way `--output` asks: JSON on stdout, text on stderr.
+pub(crate) fn fail(output: Output, code: u8, kind: &str, message: &str) -> u8 {
+    let line = output::error(output, code, kind, message);
+    match output {
+        Output::Json => say(&line),
+        Output::Text => eprintln!("{line}"),
+    }
+    code
+}
+
+/// Brings the bridge up (within `--ready-timeout`), writes the cookie file if asked, and
+/// reports the outcome; on failure, returns the exit code.
+pub(crate) async fn bring_up(args: &BridgeArgs) -> Result<Bridge, u8> {
     let opts = UpOptions {
         cluster: ClusterOptions {
             kubeconfig: args.kubeconfig.clone(),
@@ -68,28 +83,66 @@ pub async fn run(args: UpArgs) -> u8 {
         target: args.target(),
         node_host: args.node_host,
         helper_socket: args.helper_socket.clone(),
+        cookie_from: args.cookie_from.clone(),
     };
-    let mut bridge = match up(&opts).await {
-        Ok(bridge) => bridge,
-        Err(e) => {
-            let (code, kind) = classify(&e);
-            let line = output::error(args.output, code, kind, &chain(&e));
-            match args.output {
-                Output::Json => say(&line),
-                Output::Text => eprintln!("{line}"),
+    if args.output == Output::Text {
+        eprintln!("erlbridge: bridging {} ...", opts.target);
+    }
+    let result = match args.ready_timeout {
+        Some(secs) => match tokio::time::timeout(std::time::Duration::from_secs(secs), up(&opts))
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => {
+                let message =
+                    format!("not ready within --ready-timeout {secs}s; nothing was left behind");
+                return Err(fail(
+                    args.output,
+                    exit::READY_TIMEOUT,
+                    "ready_timeout",
+                    &message,
+                ));
             }
-            return code;
-        }
+        },
+        None => up(&opts).await,
     };
+    let bridge = result.map_err(|e| {
+        let (code, kind) = classify(&e);
+        fail(args.output, code, kind, &chain(&e))
+    })?;
+    if let Some(path) = &args.cookie_file {
+        let Some(cookie) = &bridge.cookie else {
+            let message = "--cookie-file: no cookie is known; say where it is with --cookie-from";
+            return Err(fail(
+                args.output,
+                exit::NOT_FOUND,
+                "cookie_not_found",
+                message,
+            ));
+        };
+        if let Err(e) = crate::cookie::write_file(path, cookie) {
+            let message = format!("cannot write the cookie file {}: {e}", path.display());
+            return Err(fail(args.output, exit::OTHER, "local", &message));
+        }
+    }
     for why in &bridge.skipped {
         eprintln!(
             "{}",
             output::warning(Output::Text, &format!("not bridged: {why}"))
         );
     }
-    say(&output::ready(args.output, &bridge));
+    say(&output::ready(args.output, &bridge, args.show_cookie));
+    Ok(bridge)
+}
+
+/// Runs `erlbridge up`; returns the process's exit code.
+pub async fn run(args: UpArgs) -> u8 {
+    let mut bridge = match bring_up(&args.bridge).await {
+        Ok(bridge) => bridge,
+        Err(code) => return code,
+    };
     let env = command_env(&bridge);
-    let out = args.output;
+    let out = args.bridge.output;
     // The bridge heals itself for as long as it is up; dropping this future (when a signal
     // comes or the command exits) drops the bridge, which removes its rules.
     let heal = async move {
@@ -113,7 +166,7 @@ pub async fn run(args: UpArgs) -> u8 {
 }
 
 /// Completes on SIGTERM or SIGINT with the signal's number.
-async fn stop_signal() -> u8 {
+pub(crate) async fn stop_signal() -> u8 {
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -128,7 +181,7 @@ async fn stop_signal() -> u8 {
 }
 
 /// The environment `-- CMD` gets: the bridged node names, and the inetrc file if any.
-fn command_env(bridge: &Bridge) -> Vec<(String, String)> {
+pub(crate) fn command_env(bridge: &Bridge) -> Vec<(String, String)> {
     let nodes: Vec<String> = bridge.nodes().into_iter().map(|n| n.node).collect();
     let mut env = vec![
         (
@@ -140,6 +193,9 @@ fn command_env(bridge: &Bridge) -> Vec<(String, String)> {
     if let Some(path) = &bridge.inetrc {
         env.push(("ERL_INETRC".to_owned(), path.display().to_string()));
     }
+    if let Some(cookie) = &bridge.cookie {
+        env.push(("ERLBRIDGE_COOKIE".to_owned(), cookie.clone()));
+    }
     env
 }
 
@@ -150,7 +206,10 @@ async fn run_command(args: &UpArgs, env: Vec<(String, String)>) -> u8 {
         Ok(child) => child,
         Err(e) => {
             let message = format!("cannot run {:?}: {e}", args.command[0]);
-            eprintln!("{}", output::error(args.output, 127, "command", &message));
+            eprintln!(
+                "{}",
+                output::error(args.bridge.output, 127, "command", &message)
+            );
             return 127;
         }
     };
@@ -167,7 +226,7 @@ async fn run_command(args: &UpArgs, env: Vec<(String, String)>) -> u8 {
             .map_or(exit::OTHER, |c| u8::try_from(c).unwrap_or(exit::OTHER)),
         Err(_) => exit::OTHER,
     };
-    if args.output == Output::Json {
+    if args.bridge.output == Output::Json {
         say(&serde_json::json!({"event": "exited", "code": code}).to_string());
     }
     code

@@ -1,0 +1,128 @@
+//! The `remsh` subcommand: bridge, then attach a remote shell to a pod node from a generated,
+//! hidden local node (`iex --remsh`, or `erl -remsh` without iex or with `--erl`), on this
+//! terminal. The cookie reaches the shell through ERL_FLAGS, not its command line (which every
+//! user can read in `ps`). The bridge ends when the shell exits, with the shell's exit code.
+
+use crate::cli::{RemshArgs, exit};
+use crate::output::Output;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::up::{bring_up, fail, say};
+
+/// Whether `program` is on PATH.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            let candidate = dir.join(program);
+            candidate.is_file()
+                && std::fs::metadata(&candidate).is_ok_and(|m| {
+                    std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+                })
+        })
+    })
+}
+
+/// The shell's command line for attaching `local` to `node`.
+pub fn shell_argv(iex: bool, local: &str, node: &str) -> Vec<String> {
+    let argv: &[&str] = if iex {
+        &["iex", "--name", local, "--hidden", "--remsh", node]
+    } else {
+        &["erl", "-name", local, "-hidden", "-remsh", node]
+    };
+    argv.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Runs `erlbridge remsh`; returns the process's exit code.
+pub async fn run(args: RemshArgs) -> u8 {
+    let output = args.bridge.output;
+    let mut bridge = match bring_up(&args.bridge).await {
+        Ok(bridge) => bridge,
+        Err(code) => return code,
+    };
+    let Some(cookie) = bridge.cookie.clone() else {
+        let message = "no cookie is known for the shell; say where it is with --cookie-from secret/NAME[:KEY] or --cookie-from env";
+        return fail(output, exit::NOT_FOUND, "cookie_not_found", message);
+    };
+    let nodes = bridge.nodes();
+    let node = match &args.node {
+        Some(wanted) if nodes.iter().any(|n| &n.node == wanted) => wanted.clone(),
+        Some(wanted) => {
+            let known: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
+            let message = format!(
+                "--node {wanted} is not bridged; bridged: {}",
+                known.join(", ")
+            );
+            return fail(output, exit::NOT_FOUND, "node_not_found", &message);
+        }
+        None => nodes.first().map(|n| n.node.clone()).unwrap_or_default(),
+    };
+    let iex = !args.erl && on_path("iex");
+    if !iex && !on_path("erl") {
+        return fail(
+            output,
+            exit::OTHER,
+            "local",
+            "neither iex nor erl is on PATH; install Erlang/Elixir",
+        );
+    }
+    let local = format!("erlbridge{}@127.0.0.1", std::process::id());
+    let argv = shell_argv(iex, &local, &node);
+    if output == Output::Text {
+        eprintln!("erlbridge: {} (hidden) attaching to {node}", argv[0]);
+    }
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env("ERL_FLAGS", format!("-setcookie {cookie}"))
+        .kill_on_drop(true);
+    if let Some(path) = &bridge.inetrc {
+        cmd.env("ERL_INETRC", path);
+    }
+    let mut shell = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return fail(
+                output,
+                exit::OTHER,
+                "local",
+                &format!("cannot start {}: {e}", argv[0]),
+            );
+        }
+    };
+    // Ctrl-C belongs to the shell (its BREAK menu): erlbridge takes SIGINT and ignores it, and
+    // stops early only on SIGTERM.
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return fail(output, exit::OTHER, "local", "cannot handle signals");
+    };
+    let heal = bridge.run(|change| say(&crate::output::change(output, &change)));
+    tokio::pin!(heal);
+    loop {
+        tokio::select! {
+            status = shell.wait() => {
+                return status.ok().and_then(|s| s.code()).and_then(|c| u8::try_from(c).ok()).unwrap_or(exit::OTHER);
+            }
+            () = &mut heal => return exit::OTHER,
+            _ = int.recv() => {}
+            _ = term.recv() => return 128 + 15,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shells_are_hidden_and_carry_no_cookie() {
+        for iex in [true, false] {
+            let argv = shell_argv(iex, "me@127.0.0.1", "app@10.0.0.1");
+            assert!(
+                argv.iter().any(|a| a == "--hidden" || a == "-hidden"),
+                "{argv:?}"
+            );
+            assert!(!argv.iter().any(|a| a.contains("cookie")), "{argv:?}");
+        }
+    }
+}
