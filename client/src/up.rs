@@ -143,16 +143,22 @@ pub async fn run(args: UpArgs) -> u8 {
     };
     let env = command_env(&bridge);
     let out = args.bridge.output;
+    let started = std::time::Instant::now();
+    let nodes = bridge.nodes().len();
+    let changes = std::sync::atomic::AtomicUsize::new(0);
     // The bridge heals itself for as long as it is up; dropping this future (when a signal
     // comes or the command exits) drops the bridge, which removes its rules.
-    let heal = async move {
+    let heal = async {
         bridge
-            .run(|change| say(&output::change(out, &change)))
+            .run(|change| {
+                changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                say(&output::change(out, &change));
+            })
             .await;
         // The watch ended for good: keep the bridge as it is.
         std::future::pending::<()>().await
     };
-    if args.command.is_empty() {
+    let code = if args.command.is_empty() {
         tokio::select! {
             () = heal => exit::OK,
             _ = stop_signal() => exit::OK,
@@ -162,7 +168,20 @@ pub async fn run(args: UpArgs) -> u8 {
             () = heal => exit::OTHER,
             code = run_command(&args, env) => code,
         }
-    }
+    };
+    drop(bridge);
+    eprintln!(
+        "erlbridge: bridge of {nodes} node{} ended after {}s with {} change{}; its rules are removed (exit {code})",
+        if nodes == 1 { "" } else { "s" },
+        started.elapsed().as_secs(),
+        changes.load(std::sync::atomic::Ordering::Relaxed),
+        if changes.load(std::sync::atomic::Ordering::Relaxed) == 1 {
+            ""
+        } else {
+            "s"
+        },
+    );
+    code
 }
 
 /// Completes on SIGTERM or SIGINT with the signal's number.

@@ -318,6 +318,10 @@ fn a_command_runs_against_the_pod_and_its_exit_code_is_erlbridges() {
         );
         assert_eq!(status, i32::from(code), "{out}{err}");
         assert!(out.contains(&format!("answer '{node}'")), "{out}{err}");
+        assert!(
+            err.contains(&format!("its rules are removed (exit {code})")),
+            "the summary line: {err}"
+        );
         s.wait_no_mappings(Duration::from_secs(1));
     }
 }
