@@ -14,7 +14,7 @@ use erlbridge_helperd::policy::Policy;
 use erlbridge_helperd::service::Helper;
 use erlbridge_helperd::{privilege, server};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::warn;
+use tracing::{info, warn};
 
 /// The erlbridge helper: adds uid-scoped nftables DNAT rules for the callers its policy allows.
 #[derive(Debug, Parser)]
@@ -64,7 +64,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let policy = Policy::new(&config, gid);
-    let listener = server::bind(&config.socket, gid, !config.allowed_uids.is_empty())?;
+    // Socket activation: systemd (or systemd-socket-activate) bound the socket, with the owner
+    // and mode its unit says, and passes it as fd 3.
+    let activated = listenfd::ListenFd::from_env()
+        .take_unix_listener(0)
+        .context("cannot take the socket systemd passed")?;
+    // A socket systemd passed belongs to systemd; one helperd bound itself, it removes at exit.
+    let (listener, owns_socket_file) = match activated {
+        Some(listener) => {
+            info!("serving on the socket systemd passed");
+            (listener, false)
+        }
+        None => (
+            server::bind(&config.socket, gid, !config.allowed_uids.is_empty())?,
+            true,
+        ),
+    };
     privilege::keep_only_net_admin()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -93,7 +108,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
         };
         server::serve(listener, helper, shutdown).await?;
-        let _ = std::fs::remove_file(&config.socket);
+        if owns_socket_file {
+            let _ = std::fs::remove_file(&config.socket);
+        }
         Ok(())
     })
 }

@@ -21,12 +21,29 @@ pub struct Helperd {
     log: PathBuf,
     bin: String,
     probe: String,
+    activated: bool,
 }
 
 impl Helperd {
     /// Writes a configuration (access group [`ACCESS_GID`], a socket in the scratch directory,
     /// then `extra` lines) and starts the helper; returns once it answers.
     pub fn start(ws: &Workstation, bins: &Bins, extra: &str) -> anyhow::Result<Helperd> {
+        Helperd::launch(ws, bins, extra, false)
+    }
+
+    /// Like [`Helperd::start`], but socket-activated the way systemd does it:
+    /// `systemd-socket-activate` binds the socket and starts helperd on the first connection,
+    /// passing the socket as fd 3 with LISTEN_FDS and LISTEN_PID.
+    pub fn start_activated(ws: &Workstation, bins: &Bins, extra: &str) -> anyhow::Result<Helperd> {
+        Helperd::launch(ws, bins, extra, true)
+    }
+
+    fn launch(
+        ws: &Workstation,
+        bins: &Bins,
+        extra: &str,
+        activated: bool,
+    ) -> anyhow::Result<Helperd> {
         let socket = ws.scratch().join("helper.sock");
         let config = ws.scratch().join("helperd.toml");
         std::fs::write(
@@ -43,6 +60,7 @@ impl Helperd {
             log: ws.scratch().join("helperd.log"),
             bin: bins.path("erlbridge-helperd"),
             probe: bins.path("helper-probe"),
+            activated,
         };
         helperd.restart(ws)?;
         Ok(helperd)
@@ -54,11 +72,27 @@ impl Helperd {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut cmd = ws
-            .ns
-            .command(&[&self.bin, "--config", &self.config.display().to_string()]);
+        let config = self.config.display().to_string();
+        let mut cmd = if self.activated {
+            let socket = self.socket.display().to_string();
+            ws.ns.command(&[
+                "systemd-socket-activate",
+                "-l",
+                &socket,
+                "-E",
+                "RUST_LOG",
+                &self.bin,
+                "--config",
+                &config,
+            ])
+        } else {
+            ws.ns.command(&[&self.bin, "--config", &config])
+        };
         cmd.stderr(log).env("RUST_LOG", "info");
         self.process = Some(Spawned::start(cmd)?);
+        if self.activated {
+            self.set_socket_like_the_unit()?;
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let answered = ws
@@ -88,6 +122,25 @@ impl Helperd {
             "erlbridge-helperd did not answer within 10 s; its log:\n{}",
             self.log()
         )
+    }
+
+    /// What erlbridge-helperd.socket does to the socket: owner root, group erlbridge (the
+    /// tests' access group), mode 0660.
+    fn set_socket_like_the_unit(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.socket.exists() {
+            if Instant::now() > deadline {
+                bail!(
+                    "systemd-socket-activate did not bind {}",
+                    self.socket.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::os::unix::fs::chown(&self.socket, Some(0), Some(ACCESS_GID))?;
+        std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o660))?;
+        Ok(())
     }
 
     /// The helper's pid.
