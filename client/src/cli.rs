@@ -69,6 +69,44 @@ pub enum Command {
     /// when iex is missing or --erl is given. The bridge ends when the shell does.
     #[command(after_help = EXIT_CODES)]
     Remsh(RemshArgs),
+    /// Show the helper's version, who it thinks you are, its policy, and your live sessions.
+    Status(StatusArgs),
+    /// Check everything erlbridge needs and say how to fix what is wrong (exit 0: all good).
+    Doctor(DoctorArgs),
+}
+
+/// `erlbridge status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// erlbridge-helperd's socket.
+    #[arg(long, env = crate::helper::ENV_HELPER_SOCKET, default_value = erlbridge_proto::DEFAULT_SOCKET)]
+    pub helper_socket: PathBuf,
+    /// text for people, json for scripts.
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// `erlbridge doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// A target whose pods the route check uses (POD, sts/NAME, ...); optional.
+    #[arg(value_parser = clap::value_parser!(Target))]
+    pub target: Option<Target>,
+    /// The namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// The kubeconfig context.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The kubeconfig file.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// erlbridge-helperd's socket.
+    #[arg(long, env = crate::helper::ENV_HELPER_SOCKET, default_value = erlbridge_proto::DEFAULT_SOCKET)]
+    pub helper_socket: PathBuf,
+    /// text for people, json for scripts (one check per line, then a summary).
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 /// What to bridge and how; shared by `up` and `remsh`.

@@ -68,23 +68,47 @@ fn unreachable(socket: &Path, status: &tonic::Status) -> HelperError {
     }
 }
 
+/// Connects to the helper, telling "not running" from "not yours to open".
+pub async fn connect(
+    socket: &Path,
+) -> Result<pb::helper_client::HelperClient<Channel>, HelperError> {
+    erlbridge_proto::connect(socket)
+        .await
+        .map_err(|e| match io_kind(&e) {
+            Some(std::io::ErrorKind::PermissionDenied) => HelperError::NoAccess {
+                socket: socket.to_owned(),
+            },
+            _ => HelperError::Unreachable {
+                socket: socket.to_owned(),
+                reason: error_chain(&e),
+            },
+        })
+}
+
+/// The helper's view of this process, its version and its policy.
+pub async fn who_am_i(socket: &Path) -> Result<pb::WhoAmIResponse, HelperError> {
+    let mut client = connect(socket).await?;
+    client
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| unreachable(socket, &status))
+}
+
+/// This user's live sessions (every session, for root).
+pub async fn sessions(socket: &Path) -> Result<Vec<pb::SessionInfo>, HelperError> {
+    let mut client = connect(socket).await?;
+    client
+        .list_sessions(pb::ListSessionsRequest {})
+        .await
+        .map(|r| r.into_inner().sessions)
+        .map_err(|status| unreachable(socket, &status))
+}
+
 impl Session {
     /// Connects to the helper at `socket` and opens a session labelled `label`.
     pub async fn open(socket: &Path, label: &str) -> Result<Session, HelperError> {
-        let mut client = match erlbridge_proto::connect(socket).await {
-            Ok(client) => client,
-            Err(e) => {
-                return Err(match io_kind(&e) {
-                    Some(std::io::ErrorKind::PermissionDenied) => HelperError::NoAccess {
-                        socket: socket.to_owned(),
-                    },
-                    _ => HelperError::Unreachable {
-                        socket: socket.to_owned(),
-                        reason: error_chain(&e),
-                    },
-                });
-            }
-        };
+        let mut client = connect(socket).await?;
         let open = client
             .open_session(pb::OpenSessionRequest {
                 label: label.chars().take(128).collect(),

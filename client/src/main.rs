@@ -40,6 +40,15 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => erlbridge::up::run(args).await,
             Command::Remsh(args) => erlbridge::remsh::run(args).await,
+            Command::Status(args) => erlbridge::status::run(args.helper_socket, args.output).await,
+            Command::Doctor(args) => {
+                let cluster = erlbridge::k8s::ClusterOptions {
+                    kubeconfig: args.kubeconfig,
+                    context: args.context,
+                    namespace: args.namespace,
+                };
+                erlbridge::doctor::run(args.helper_socket, cluster, args.target, args.output).await
+            }
         }
     });
     ExitCode::from(code)

@@ -42,7 +42,8 @@ pub fn classify(e: &UpError) -> (u8, &'static str) {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes, each said once.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

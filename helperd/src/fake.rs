@@ -88,6 +88,9 @@ impl NatBackend for Recording {
     async fn teardown(&self) -> Result<(), BackendError> {
         self.record(Call::Teardown)
     }
+    async fn version(&self) -> String {
+        "recording fake".to_owned()
+    }
 }
 
 impl AliasBackend for Recording {

@@ -27,6 +27,8 @@ pub trait NatBackend: Send + Sync + 'static {
     fn remove(&self, rules: &[Rule]) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Drops the table.
     fn teardown(&self) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// What the backend is, for people: `nft --version`'s answer.
+    fn version(&self) -> impl Future<Output = String> + Send;
 }
 
 /// The real backend: `nft -f -`.
@@ -122,6 +124,24 @@ impl NatBackend for Nft {
 
     async fn teardown(&self) -> Result<(), BackendError> {
         self.apply(&teardown_script()).await
+    }
+
+    async fn version(&self) -> String {
+        tokio::process::Command::new(&self.program)
+            .arg("--version")
+            .env_clear()
+            .output()
+            .await
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| {
+                format!(
+                    "{} ({})",
+                    String::from_utf8_lossy(&o.stdout).trim(),
+                    self.program.display()
+                )
+            })
+            .unwrap_or_default()
     }
 }
 

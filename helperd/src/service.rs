@@ -38,6 +38,7 @@ impl<N, A> Clone for Helper<N, A> {
 
 struct Shared<N, A> {
     policy: Policy,
+    nft_version: String,
     nat: N,
     alias: A,
     /// Held across each kernel change, so changes apply in order and the registry always
@@ -51,10 +52,12 @@ impl<N: NatBackend, A: AliasBackend> Helper<N, A> {
     pub async fn start(policy: Policy, nat: N, alias: A) -> Result<Self, BackendError> {
         nat.reset().await?;
         alias.reset().await?;
-        info!("nftables table and loopback aliases reset");
+        let nft_version = nat.version().await;
+        info!(nft = %nft_version, "nftables table and loopback aliases reset");
         Ok(Helper {
             shared: Arc::new(Shared {
                 policy,
+                nft_version,
                 nat,
                 alias,
                 registry: Mutex::new(Registry::default()),
@@ -222,6 +225,7 @@ impl<N: NatBackend, A: AliasBackend> pb::helper_server::Helper for Helper<N, A> 
             policy: Some(policy_pb(&self.shared.policy)),
             allowed: verdict.is_ok(),
             refusal: verdict.err().map(|r| r.to_string()).unwrap_or_default(),
+            nft_version: self.shared.nft_version.clone(),
         }))
     }
 

@@ -1,0 +1,366 @@
+//! The `doctor` subcommand: checks everything `erlbridge up` needs and, for each problem, says
+//! how to fix it. Exit code 0 only when every check passes.
+
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::path::PathBuf;
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+use crate::discover::{Target, discover};
+use crate::helper::{self, HelperError};
+use crate::k8s::ClusterOptions;
+use crate::output::Output;
+use crate::up::say;
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Its name (`helper`, `allowed`, `nftables`, `kubernetes`, `rbac`, `route`, `erlang`).
+    pub name: &'static str,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+    /// What to do when it failed.
+    pub fix: Option<String>,
+}
+
+fn pass(name: &'static str, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        ok: true,
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+fn failed(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        name,
+        ok: false,
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+/// The access group's gid, from the policy's `group` ("erlbridge" or "gid 61000").
+fn group_gid(group: &str) -> Option<u32> {
+    match group.strip_prefix("gid ") {
+        Some(n) => n.parse().ok(),
+        None => nix::unistd::Group::from_name(group)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw()),
+    }
+}
+
+/// Whether the group database lists `uid`'s user in `gid` (though this process may not have it).
+fn in_group_database(uid: u32, gid: u32) -> bool {
+    let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
+        return false;
+    };
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return false;
+    };
+    nix::unistd::getgrouplist(&name, user.gid)
+        .is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
+}
+
+async fn helper_checks(socket: &PathBuf) -> (Vec<Check>, Vec<String>) {
+    let who = match helper::who_am_i(socket).await {
+        Ok(who) => who,
+        Err(e) => {
+            let fix = match &e {
+                HelperError::NoAccess { .. } => {
+                    "ask your administrator to add you to group erlbridge (usermod -aG erlbridge <your user>), then log in again"
+                }
+                _ => {
+                    "install erlbridge and start its helper: sudo systemctl enable --now erlbridge-helperd.socket (or point --helper-socket at it)"
+                }
+            };
+            let unknown = "cannot tell while the helper is unreachable";
+            return (
+                vec![
+                    failed("helper", e.to_string(), fix),
+                    failed("allowed", unknown, "fix the helper check first"),
+                    failed("nftables", unknown, "fix the helper check first"),
+                ],
+                Vec::new(),
+            );
+        }
+    };
+    let mut checks = Vec::new();
+    if who.api_version == erlbridge_proto::API_VERSION {
+        checks.push(pass(
+            "helper",
+            format!(
+                "erlbridge-helperd {} (API {}) at {}",
+                who.helper_version,
+                who.api_version,
+                socket.display()
+            ),
+        ));
+    } else {
+        checks.push(failed(
+            "helper",
+            format!(
+                "the helper speaks API {}, this erlbridge speaks {}",
+                who.api_version,
+                erlbridge_proto::API_VERSION
+            ),
+            "install the same erlbridge version for the helper and the client",
+        ));
+    }
+    let policy = who.policy.clone().unwrap_or_default();
+    let caller = who.caller.clone().unwrap_or_default();
+    if who.allowed {
+        checks.push(pass(
+            "allowed",
+            format!("uid {} may use the helper", caller.uid),
+        ));
+    } else {
+        let stale = group_gid(&policy.group).is_some_and(|gid| in_group_database(caller.uid, gid));
+        let fix = if stale {
+            format!(
+                "you were added to group {} but this login session started before that: log out and in again (or run `newgrp {}`)",
+                policy.group, policy.group
+            )
+        } else {
+            format!(
+                "ask your administrator to run `usermod -aG {} <your user>`, then log in again",
+                policy.group
+            )
+        };
+        checks.push(failed("allowed", who.refusal.clone(), fix));
+    }
+    if who.nft_version.is_empty() {
+        checks.push(failed(
+            "nftables",
+            "the helper could not run nft",
+            "ask your administrator to install nftables (apt install nftables)",
+        ));
+    } else {
+        checks.push(pass("nftables", who.nft_version.clone()));
+    }
+    (checks, policy.allowed_cidrs)
+}
+
+async fn kubernetes_checks(
+    cluster: &ClusterOptions,
+    target: Option<&Target>,
+) -> (Vec<Check>, Vec<IpAddr>) {
+    let (client, namespace) = match crate::k8s::connect(cluster).await {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                vec![
+                    failed(
+                        "kubernetes",
+                        crate::up::chain(&e),
+                        "check --kubeconfig / --context (kubectl config get-contexts shows them)",
+                    ),
+                    failed(
+                        "rbac",
+                        "cannot tell without a usable kubeconfig",
+                        "fix the kubernetes check first",
+                    ),
+                ],
+                Vec::new(),
+            );
+        }
+    };
+    let mut checks = Vec::new();
+    match client.apiserver_version().await {
+        Ok(v) => checks.push(pass(
+            "kubernetes",
+            format!(
+                "API server {} reachable; namespace {namespace}",
+                v.git_version
+            ),
+        )),
+        Err(e) => {
+            checks.push(failed(
+                "kubernetes",
+                crate::up::chain(&e),
+                "check that the API server in your kubeconfig is reachable (kubectl version)",
+            ));
+            checks.push(failed(
+                "rbac",
+                "cannot tell without the API server",
+                "fix the kubernetes check first",
+            ));
+            return (checks, Vec::new());
+        }
+    }
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut denied = Vec::new();
+    for (verb, resource, sub) in [
+        ("get", "pods", ""),
+        ("list", "pods", ""),
+        ("watch", "pods", ""),
+        ("create", "pods", "portforward"),
+    ] {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.clone()),
+                    verb: Some(verb.to_owned()),
+                    resource: Some(resource.to_owned()),
+                    subresource: (!sub.is_empty()).then(|| sub.to_owned()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let what = if sub.is_empty() {
+            format!("{verb} {resource}")
+        } else {
+            format!("{verb} {resource}/{sub}")
+        };
+        match reviews.create(&PostParams::default(), &review).await {
+            Ok(answer) if answer.status.as_ref().is_some_and(|s| s.allowed) => {}
+            Ok(_) => denied.push(what),
+            Err(e) => denied.push(format!("{what} (could not ask: {e})")),
+        }
+    }
+    if denied.is_empty() {
+        checks.push(pass(
+            "rbac",
+            format!("may get/list/watch pods and create pods/portforward in {namespace}"),
+        ));
+    } else {
+        checks.push(failed(
+            "rbac",
+            format!("not allowed in namespace {namespace}: {}", denied.join(", ")),
+            format!("ask for a Role in {namespace} granting get, list, watch on pods and create on pods/portforward"),
+        ));
+    }
+    let ips = match target {
+        Some(target) => discover(&client, &namespace, target, None)
+            .await
+            .map(|(pods, _)| pods.iter().map(|p| p.ip).collect())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    (checks, ips)
+}
+
+/// Whether the kernel has a route to `ip` (a UDP connect looks the route up and sends nothing).
+fn has_route(ip: IpAddr) -> Result<(), std::io::Error> {
+    let bind: IpAddr = if ip.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    UdpSocket::bind((bind, 0))?.connect((ip, 9))
+}
+
+fn route_check(pod_ips: &[IpAddr], cidrs: &[String]) -> Check {
+    let probes: Vec<IpAddr> = if pod_ips.is_empty() {
+        // Without a target: the first address of the first pod network the helper allows.
+        cidrs
+            .iter()
+            .filter_map(|c| c.split('/').next()?.parse::<Ipv4Addr>().ok())
+            .map(|a| IpAddr::V4(Ipv4Addr::from(u32::from(a) | 1)))
+            .take(1)
+            .collect()
+    } else {
+        pod_ips.to_vec()
+    };
+    let missing: Vec<String> = probes
+        .iter()
+        .filter(|ip| has_route(**ip).is_err())
+        .map(ToString::to_string)
+        .collect();
+    if missing.is_empty() {
+        let shown: Vec<String> = probes.iter().map(ToString::to_string).collect();
+        pass(
+            "route",
+            format!("a route exists toward {}", shown.join(", ")),
+        )
+    } else {
+        failed(
+            "route",
+            format!("no route toward {}", missing.join(", ")),
+            "connect() needs a route to the pod network before erlbridge's redirect can act; a default route is enough (ip route add default via <gateway>)",
+        )
+    }
+}
+
+fn erlang_check() -> Check {
+    let find = |program: &str| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
+    };
+    match (find("erl"), find("iex")) {
+        (None, None) => failed(
+            "erlang",
+            "neither erl nor iex is on PATH",
+            "install Erlang (apt install erlang-base) or Elixir",
+        ),
+        (erl, iex) => pass(
+            "erlang",
+            format!(
+                "erl: {}, iex: {}",
+                erl.map_or("missing".to_owned(), |p| p.display().to_string()),
+                iex.map_or("missing".to_owned(), |p| p.display().to_string())
+            ),
+        ),
+    }
+}
+
+/// Runs every check.
+pub async fn checks(
+    socket: &PathBuf,
+    cluster: &ClusterOptions,
+    target: Option<&Target>,
+) -> Vec<Check> {
+    let ((mut checks, cidrs), (kube, pod_ips)) =
+        tokio::join!(helper_checks(socket), kubernetes_checks(cluster, target));
+    checks.extend(kube);
+    checks.push(route_check(&pod_ips, &cidrs));
+    checks.push(erlang_check());
+    checks
+}
+
+/// Runs `erlbridge doctor`; returns 0 only when every check passed.
+pub async fn run(
+    socket: PathBuf,
+    cluster: ClusterOptions,
+    target: Option<Target>,
+    output: Output,
+) -> u8 {
+    let checks = checks(&socket, &cluster, target.as_ref()).await;
+    for c in &checks {
+        match output {
+            Output::Json => say(&json!({"event": "check", "check": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix}).to_string()),
+            Output::Text => {
+                say(&format!("{} {:<10} {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail));
+                if let Some(fix) = &c.fix {
+                    say(&format!("     {:<10} fix: {fix}", ""));
+                }
+            }
+        }
+    }
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+    match output {
+        Output::Json => {
+            say(&json!({"event": "summary", "ok": failed.is_empty(), "failed": failed}).to_string())
+        }
+        Output::Text if failed.is_empty() => say("all checks passed"),
+        Output::Text => say(&format!(
+            "{} check(s) failed: {}",
+            failed.len(),
+            failed.join(", ")
+        )),
+    }
+    u8::from(!failed.is_empty())
+}

@@ -1,0 +1,301 @@
+//! `erlbridge status` and `erlbridge doctor` on the test cluster: what they report on a healthy
+//! setup, and each doctor check failing for its own reason, with its fix and exit code.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use erlbridge_kube_emulator::Access;
+use erlbridge_testbed::{Bins, Cluster, Helperd, User, Workstation, require_root};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const MANIFEST: &str = r#"
+[[pods]]
+name = "app-0"
+env = { RELEASE_NODE = "app@$(POD_IP)", RELEASE_COOKIE = "monster" }
+"#;
+
+struct Scenario {
+    helperd: Helperd,
+    cluster: Cluster,
+    ws: Workstation,
+    bins: Bins,
+    user: User,
+}
+
+fn scenario() -> Scenario {
+    require_root();
+    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe", "erlbridge"]).expect("binaries");
+    let ws = Workstation::new().expect("workstation");
+    let cluster = Cluster::start(&ws, MANIFEST).expect("cluster");
+    let helperd = Helperd::start(&ws, &bins, "").expect("helperd");
+    Scenario {
+        helperd,
+        cluster,
+        ws,
+        bins,
+        user: User::member(61060),
+    }
+}
+
+impl Scenario {
+    /// `erlbridge doctor app-0 --output json` as `user`: exit code and checks by name.
+    fn doctor(
+        &self,
+        user: &User,
+        kubeconfig: &std::path::Path,
+    ) -> (i32, std::collections::BTreeMap<String, Value>) {
+        let kc = kubeconfig.display().to_string();
+        let socket = self.helperd.socket.display().to_string();
+        let erlbridge = self.bins.path("erlbridge");
+        let (code, out, err) = self
+            .ws
+            .run_as(
+                user,
+                &[
+                    &erlbridge,
+                    "doctor",
+                    "app-0",
+                    "--kubeconfig",
+                    &kc,
+                    "--helper-socket",
+                    &socket,
+                    "--output",
+                    "json",
+                ],
+            )
+            .expect("doctor");
+        let checks = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["event"] == "check")
+            .map(|v| (v["check"].as_str().unwrap_or_default().to_owned(), v))
+            .collect();
+        assert!(out.contains("\"event\":\"summary\""), "{out}{err}");
+        (code, checks)
+    }
+}
+
+fn failing(checks: &std::collections::BTreeMap<String, Value>) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|(_, v)| v["ok"] == false)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+#[test]
+fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
+    let mut s = scenario();
+    let user = s.user.clone();
+    let kubeconfig = s.cluster.kubeconfig.clone();
+    let (code, checks) = s.doctor(&user, &kubeconfig);
+    assert_eq!(failing(&checks), Vec::<String>::new(), "{checks:?}");
+    assert_eq!(code, 0);
+    assert_eq!(checks.len(), 7, "{checks:?}");
+    assert!(
+        checks["nftables"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nftables v"),
+        "{checks:?}"
+    );
+    assert!(
+        checks["route"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&s.cluster.pod("app-0").ip())
+    );
+
+    // A caller outside the group.
+    let (code, checks) = s.doctor(&User::outsider(61061), &kubeconfig);
+    assert_eq!(code, 1);
+    assert!(
+        failing(&checks).contains(&"helper".to_owned()),
+        "{checks:?}"
+    );
+    assert!(
+        checks["helper"]["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("usermod -aG erlbridge"),
+        "{checks:?}"
+    );
+
+    // RBAC without port-forwarding.
+    s.cluster.emulator.add_token(
+        "read-only",
+        Access::Only(
+            ["get", "list", "watch"]
+                .iter()
+                .map(|v| ((*v).to_owned(), "pods".to_owned()))
+                .collect(),
+        ),
+    );
+    let read_only = s.ws.scratch().join("kubeconfig-read-only");
+    std::fs::write(
+        &read_only,
+        s.cluster.emulator.kubeconfig("read-only", "default"),
+    )
+    .expect("write");
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, checks) = s.doctor(&user, &read_only);
+    assert_eq!(
+        (code, failing(&checks)),
+        (1, vec!["rbac".to_owned()]),
+        "{checks:?}"
+    );
+    assert!(
+        checks["rbac"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("create pods/portforward"),
+        "{checks:?}"
+    );
+    assert!(
+        checks["rbac"]["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Role"),
+        "{checks:?}"
+    );
+
+    // No route toward the pods.
+    s.ws.ns
+        .run(&["ip", "route", "del", "default"])
+        .expect("route");
+    let (code, checks) = s.doctor(&user, &kubeconfig);
+    assert_eq!(
+        (code, failing(&checks)),
+        (1, vec!["route".to_owned()]),
+        "{checks:?}"
+    );
+    assert!(
+        checks["route"]["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("default route"),
+        "{checks:?}"
+    );
+    s.ws.ns
+        .run(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.250.0.2",
+            "dev",
+            "uplink",
+        ])
+        .expect("route");
+
+    // The helper stopped.
+    s.helperd.stop(Signal::SIGTERM).expect("stop");
+    let (code, checks) = s.doctor(&user, &kubeconfig);
+    assert_eq!(code, 1);
+    assert!(
+        failing(&checks).contains(&"helper".to_owned()),
+        "{checks:?}"
+    );
+    assert!(
+        checks["helper"]["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("systemctl enable --now erlbridge-helperd.socket"),
+        "{checks:?}"
+    );
+    assert!(
+        checks["kubernetes"]["ok"] == true,
+        "the other checks still run: {checks:?}"
+    );
+}
+
+#[test]
+fn status_shows_the_callers_identity_policy_and_sessions() {
+    let s = scenario();
+    let kubeconfig = s.cluster.kubeconfig.display().to_string();
+    let socket = s.helperd.socket.display().to_string();
+    let erlbridge = s.bins.path("erlbridge");
+    let mut up =
+        s.ws.spawn_as(
+            &s.user,
+            &[
+                &erlbridge,
+                "up",
+                "app-0",
+                "--kubeconfig",
+                &kubeconfig,
+                "--helper-socket",
+                &socket,
+                "--output",
+                "json",
+            ],
+        )
+        .expect("erlbridge");
+    up.wait_line(Duration::from_secs(60), |l| l.contains("\"ready\""))
+        .expect("ready");
+
+    let (code, out, err) =
+        s.ws.run_as(
+            &s.user,
+            &[
+                &erlbridge,
+                "status",
+                "--helper-socket",
+                &socket,
+                "--output",
+                "json",
+            ],
+        )
+        .expect("status");
+    assert_eq!(code, 0, "{err}");
+    let status: Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(status["caller"]["uid"], 61060);
+    assert_eq!(status["caller"]["allowed"], true);
+    assert_eq!(status["helper"]["api_version"], 1);
+    assert_eq!(status["policy"]["group"], "gid 61000");
+    let sessions = status["sessions"].as_array().expect("sessions");
+    assert_eq!(sessions.len(), 1, "{status}");
+    assert_eq!(sessions[0]["mappings"].as_array().map(Vec::len), Some(2));
+    assert_eq!(sessions[0]["label"], "erlbridge up pod/app-0");
+
+    // Another user sees none of them; root sees all.
+    let other = User::member(61062);
+    let (_, out, _) =
+        s.ws.run_as(
+            &other,
+            &[
+                &erlbridge,
+                "status",
+                "--helper-socket",
+                &socket,
+                "--output",
+                "json",
+            ],
+        )
+        .expect("status");
+    let theirs: Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(theirs["sessions"].as_array().map(Vec::len), Some(0));
+    let root =
+        s.ws.ns
+            .run(&[&erlbridge, "status", "--helper-socket", &socket])
+            .expect("status as root");
+    assert!(root.contains("session 1 of uid 61060"), "{root}");
+    assert!(
+        root.contains(&format!(
+            "{}:4369 -> 127.0.0.1:",
+            s.cluster.pod("app-0").ip()
+        )),
+        "{root}"
+    );
+
+    let (code, _, err) =
+        s.ws.run_as(
+            &s.user,
+            &[&erlbridge, "status", "--helper-socket", "/nonexistent.sock"],
+        )
+        .expect("status");
+    assert_eq!(code, 7);
+    assert!(err.contains("is not reachable"), "{err}");
+}
