@@ -2,7 +2,7 @@
 //! how to fix it. Exit code 0 only when every check passes.
 
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
@@ -70,7 +70,7 @@ fn in_group_database(uid: u32, gid: u32) -> bool {
         .is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
 }
 
-async fn helper_checks(socket: &PathBuf) -> (Vec<Check>, Vec<String>) {
+async fn helper_checks(socket: &Path) -> (Vec<Check>, Vec<String>) {
     let who = match helper::who_am_i(socket).await {
         Ok(who) => who,
         Err(e) => {
