@@ -319,7 +319,7 @@ fn erlang_check() -> Check {
 
 /// Runs every check.
 pub async fn checks(
-    socket: &PathBuf,
+    socket: &Path,
     cluster: &ClusterOptions,
     target: Option<&Target>,
 ) -> Vec<Check> {
