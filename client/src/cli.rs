@@ -48,7 +48,7 @@ Exit codes:
 /// erlbridge: connect local Erlang/Elixir nodes to the distributed Erlang nodes in Kubernetes
 /// pods, without sudo.
 #[derive(Debug, Parser)]
-#[command(name = "erlbridge", version, about, after_help = EXIT_CODES)]
+#[command(name = "erlbridge", version, about, after_help = EXIT_CODES, bin_name = "erlbridge")]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -73,6 +73,15 @@ pub enum Command {
     Status(StatusArgs),
     /// Check everything erlbridge needs and say how to fix what is wrong (exit 0: all good).
     Doctor(DoctorArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
 }
 
 /// `erlbridge status`.

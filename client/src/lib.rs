@@ -13,6 +13,7 @@ pub mod discover;
 pub mod doctor;
 pub mod epmd;
 pub mod forward;
+pub mod generate;
 pub mod helper;
 pub mod k8s;
 pub mod output;

@@ -8,6 +8,20 @@ use erlbridge::cli::{Cli, Command, exit};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let generated = match cli.command {
+        Command::Completions { shell } => Some(erlbridge::generate::completions(shell)),
+        Command::Man => Some(erlbridge::generate::man()),
+        _ => None,
+    };
+    if let Some(written) = generated {
+        return match written {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("erlbridge: cannot write to stdout: {e}");
+                ExitCode::from(exit::OTHER)
+            }
+        };
+    }
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -49,6 +63,7 @@ fn main() -> ExitCode {
                 };
                 erlbridge::doctor::run(args.helper_socket, cluster, args.target, args.output).await
             }
+            Command::Completions { .. } | Command::Man => exit::OK,
         }
     });
     ExitCode::from(code)

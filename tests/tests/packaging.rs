@@ -1,6 +1,7 @@
 //! What IT installs: the systemd units (checked with systemd-analyze, as systemd is not PID 1
 //! here) and helperd started from a socket passed the way systemd passes it.
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use erlbridge_testbed::{Bins, Cluster, Helperd, User, Workstation, require_root};
@@ -178,5 +179,106 @@ fn a_socket_activated_helper_serves_a_bridge() {
     assert!(
         helperd.socket.exists(),
         "the socket is systemd's to remove, not helperd's"
+    );
+}
+
+/// The package scripts/package built (scripts/test builds it before the tests).
+fn deb() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
+    std::fs::read_dir(&dir)
+        .ok()
+        .and_then(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no .deb in {}: build it with scripts/package (scripts/test does)",
+                dir.display()
+            )
+        })
+}
+
+fn dpkg_deb(args: &[&str]) -> String {
+    let out = std::process::Command::new("dpkg-deb")
+        .args(args)
+        .output()
+        .expect("dpkg-deb");
+    assert!(
+        out.status.success(),
+        "dpkg-deb {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_debian_package_puts_everything_where_it_belongs() {
+    let deb = deb();
+    let deb = deb.to_str().expect("path");
+    let root = tempfile::tempdir().expect("tempdir");
+    let root_s = root.path().to_str().expect("path");
+    dpkg_deb(&["-x", deb, root_s]);
+    for (path, mode) in [
+        ("usr/bin/erlbridge", 0o755),
+        ("usr/sbin/erlbridge-helperd", 0o755),
+        ("etc/erlbridge/helperd.toml", 0o644),
+        ("usr/lib/systemd/system/erlbridge-helperd.service", 0o644),
+        ("usr/lib/systemd/system/erlbridge-helperd.socket", 0o644),
+        ("usr/lib/sysusers.d/erlbridge.conf", 0o644),
+        ("usr/share/man/man1/erlbridge.1", 0o644),
+        ("usr/share/bash-completion/completions/erlbridge", 0o644),
+        ("usr/share/zsh/vendor-completions/_erlbridge", 0o644),
+        ("usr/share/fish/vendor_completions.d/erlbridge.fish", 0o644),
+    ] {
+        let meta = std::fs::metadata(root.path().join(path))
+            .unwrap_or_else(|_| panic!("{path} is not in the package"));
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{path}");
+    }
+    let plugin = root.path().join("usr/bin/kubectl-erlbridge");
+    assert_eq!(
+        std::fs::read_link(&plugin).expect("a symlink").to_str(),
+        Some("erlbridge")
+    );
+    // kubectl runs the plugin with the words after `kubectl erlbridge`.
+    let help = std::process::Command::new(&plugin)
+        .args(["up", "--help"])
+        .output()
+        .expect("plugin");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Exit codes:"));
+    let service = std::fs::read_to_string(
+        root.path()
+            .join("usr/lib/systemd/system/erlbridge-helperd.service"),
+    )
+    .expect("unit");
+    assert!(
+        service
+            .contains("ExecStart=/usr/sbin/erlbridge-helperd --config /etc/erlbridge/helperd.toml")
+    );
+
+    let depends = dpkg_deb(&["-f", deb, "Depends"]);
+    assert!(
+        depends.contains("nftables") && depends.contains("iproute2"),
+        "{depends}"
+    );
+    let control = tempfile::tempdir().expect("tempdir");
+    dpkg_deb(&["-e", deb, control.path().to_str().expect("path")]);
+    let read = |name: &str| std::fs::read_to_string(control.path().join(name)).unwrap_or_default();
+    assert_eq!(read("conffiles").trim(), "/etc/erlbridge/helperd.toml");
+    let postinst = read("postinst");
+    assert!(
+        postinst.contains("systemd-sysusers") && postinst.contains("erlbridge.conf"),
+        "the group is created:\n{postinst}"
+    );
+    assert!(
+        postinst.contains("deb-systemd-helper enable erlbridge-helperd.socket"),
+        "the socket is enabled:\n{postinst}"
+    );
+    let postrm = read("postrm");
+    assert!(
+        postrm.contains("nft delete table inet erlbridge") && postrm.contains("groupdel erlbridge"),
+        "purge cleans up:\n{postrm}"
     );
 }
