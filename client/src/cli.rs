@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cookie::CookieSource;
 use crate::discover::{NodeHost, Target};
+use crate::k8s::ClusterOptions;
 use crate::output::Output;
 
 /// Exit codes, documented in `--help` and the README.
@@ -101,21 +102,40 @@ pub struct DoctorArgs {
     /// A target whose pods the route check uses (POD, sts/NAME, ...); optional.
     #[arg(value_parser = clap::value_parser!(Target))]
     pub target: Option<Target>,
-    /// The namespace (default: the kubeconfig context's).
-    #[arg(short, long)]
-    pub namespace: Option<String>,
-    /// The kubeconfig context.
-    #[arg(long)]
-    pub context: Option<String>,
-    /// The kubeconfig file.
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
+    /// Where the cluster is.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// erlbridge-helperd's socket.
     #[arg(long, env = crate::helper::ENV_HELPER_SOCKET, default_value = erlbridge_proto::DEFAULT_SOCKET)]
     pub helper_socket: PathBuf,
     /// text for people, json for scripts (one check per line, then a summary).
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+}
+
+/// Where the cluster is, as kubectl's flags say it.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// The namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// The kubeconfig context.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The options the Kubernetes client takes.
+    pub fn options(&self) -> ClusterOptions {
+        ClusterOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
 }
 
 /// What to bridge and how; shared by `up` and `remsh`.
@@ -127,15 +147,9 @@ pub struct BridgeArgs {
     /// Bridge the pods this label selector picks (e.g. app=app) instead of a TARGET.
     #[arg(short = 'l', long, conflicts_with = "target")]
     pub selector: Option<String>,
-    /// The namespace (default: the kubeconfig context's).
-    #[arg(short, long)]
-    pub namespace: Option<String>,
-    /// The kubeconfig context.
-    #[arg(long)]
-    pub context: Option<String>,
-    /// The kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
-    #[arg(long)]
-    pub kubeconfig: Option<PathBuf>,
+    /// Where the cluster is.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// erlbridge-helperd's socket.
     #[arg(long, env = crate::helper::ENV_HELPER_SOCKET, default_value = erlbridge_proto::DEFAULT_SOCKET)]
     pub helper_socket: PathBuf,

@@ -56,11 +56,7 @@ fn main() -> ExitCode {
             Command::Remsh(args) => erlbridge::remsh::run(args).await,
             Command::Status(args) => erlbridge::status::run(args.helper_socket, args.output).await,
             Command::Doctor(args) => {
-                let cluster = erlbridge::k8s::ClusterOptions {
-                    kubeconfig: args.kubeconfig,
-                    context: args.context,
-                    namespace: args.namespace,
-                };
+                let cluster = args.cluster.options();
                 erlbridge::doctor::run(args.helper_socket, cluster, args.target, args.output).await
             }
             Command::Completions { .. } | Command::Man => exit::OK,

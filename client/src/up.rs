@@ -13,7 +13,6 @@ use crate::cookie::CookieError;
 use crate::discover::DiscoverError;
 use crate::forward::ForwardError;
 use crate::helper::HelperError;
-use crate::k8s::ClusterOptions;
 use crate::output::{self, Output};
 
 /// The exit code and kind of a failure.
@@ -76,11 +75,7 @@ pub(crate) fn fail(output: Output, code: u8, kind: &str, message: &str) -> u8 {
 /// reports the outcome; on failure, returns the exit code.
 pub(crate) async fn bring_up(args: &BridgeArgs) -> Result<Bridge, u8> {
     let opts = UpOptions {
-        cluster: ClusterOptions {
-            kubeconfig: args.kubeconfig.clone(),
-            context: args.context.clone(),
-            namespace: args.namespace.clone(),
-        },
+        cluster: args.cluster.options(),
         target: args.target(),
         node_host: args.node_host,
         helper_socket: args.helper_socket.clone(),

@@ -3,10 +3,10 @@
 //! and bulk throughput (a 64 MiB binary in an rpc, best of three). Then the time from `erlbridge up` to its
 //! ready event for one pod and for a 20-replica StatefulSet. Prints figures only.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
-use erlbridge_testbed::{Bins, Cluster, Helperd, User, Workstation, erlang, require_root};
+use erlbridge_testbed::{Scenario, erlang};
 
 const COOKIE: &str = "monster";
 const MANIFEST: &str = r#"
@@ -50,52 +50,30 @@ fn parse(text: &str) -> anyhow::Result<(u64, u64, u64)> {
 }
 
 fn main() -> anyhow::Result<()> {
-    require_root();
-    let bins = Bins::stage(&["erlbridge-helperd", "erlbridge", "helper-probe"])?;
-    let ws = Workstation::new()?;
-    let cluster = Cluster::start(&ws, MANIFEST)?;
-    let helperd = Helperd::start(&ws, &bins, "")?;
-    let user = User::member(61001);
-    let kubeconfig = cluster.kubeconfig.display().to_string();
-    let socket = helperd.socket.display().to_string();
-    let erlbridge = bins.path("erlbridge");
-    let up = |target: &str| -> anyhow::Result<(Duration, erlbridge_testbed::Spawned)> {
+    let s = Scenario::start(MANIFEST, 61001);
+    let up = |target: &str| {
         let start = Instant::now();
-        let mut up = ws.spawn_as(
-            &user,
-            &[
-                &erlbridge,
-                "up",
-                target,
-                "--kubeconfig",
-                &kubeconfig,
-                "--helper-socket",
-                &socket,
-                "--output",
-                "json",
-            ],
-        )?;
-        up.wait_line(Duration::from_secs(120), |l| l.contains("\"ready\""))?;
-        Ok((start.elapsed(), up))
+        let (bridge, _) = s.up(&[target]);
+        (start.elapsed(), bridge)
     };
 
-    let node = format!("app@{}", cluster.pod("app-0").ip());
+    let node = format!("app@{}", s.cluster.pod("app-0").ip());
     let argv = erlang::eval_argv("direct@172.31.255.1", COOKIE, &measurement(&node), &[]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let mut direct = cluster.netns().command(&argv);
+    let mut direct = s.cluster.netns().command(&argv);
     direct.env("HOME", "/tmp");
     let out = direct.output()?;
     let direct = parse(
         &erlang::parse_result(&String::from_utf8_lossy(&out.stdout)).map_err(anyhow::Error::msg)?,
     )?;
 
-    let (ready_one, bridge) = up("app-0")?;
-    let bridged = parse(&ws.erl_eval(&user, COOKIE, &measurement(&node), &[])?)?;
+    let (ready_one, bridge) = up("app-0");
+    let bridged = parse(&s.ws.erl_eval(&s.user, COOKIE, &measurement(&node), &[])?)?;
     drop(bridge);
 
-    let (ready_twenty, bridge) = up("statefulset/big")?;
+    let (ready_twenty, bridge) = up("statefulset/big");
     drop(bridge);
-    let (ready_one_again, bridge) = up("big-0")?;
+    let (ready_one_again, bridge) = up("big-0");
     drop(bridge);
 
     println!("Erlang distribution to one pod node, direct route vs through erlbridge");

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use erlbridge_proto::v1 as pb;
-use erlbridge_testbed::{Bins, Helperd, Workstation, require_root};
+use erlbridge_testbed::{Bins, Helperd, Workstation, require_root, rss_kib};
 use tokio_stream::StreamExt;
 
 const SAMPLES: usize = 200;
@@ -18,15 +18,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn summary(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
     (percentile(&samples, 0.5), percentile(&samples, 0.99))
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn ms(d: Duration) -> f64 {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use erlbridge_testbed::{Bins, Cluster, Helperd, User, Workstation, require_root};
+use erlbridge_testbed::{Scenario, rss_kib};
 
 const COOKIE: &str = "monster";
 const MANIFEST: &str = r#"
@@ -21,15 +21,6 @@ fn env_secs(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Calls the node named in `target_file` (re-read every call, since a restart renames it)
@@ -55,36 +46,15 @@ fn caller(target_file: &str, seconds: u64) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    require_root();
     let minutes = env_secs("SOAK_MINUTES", 10);
     let every = Duration::from_secs(env_secs("SOAK_RESTART_SECONDS", 60));
     let total = Duration::from_secs(minutes * 60);
-    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe", "erlbridge"])?;
-    let ws = Workstation::new()?;
-    let mut cluster = Cluster::start(&ws, MANIFEST)?;
-    let helperd = Helperd::start(&ws, &bins, "")?;
-    let user = User::member(61001);
-    let kubeconfig = cluster.kubeconfig.display().to_string();
-    let socket = helperd.socket.display().to_string();
-    let mut up = ws.spawn_as(
-        &user,
-        &[
-            &bins.path("erlbridge"),
-            "up",
-            "statefulset/app",
-            "--kubeconfig",
-            &kubeconfig,
-            "--helper-socket",
-            &socket,
-            "--output",
-            "json",
-        ],
-    )?;
-    up.wait_line(Duration::from_secs(60), |l| l.contains("\"ready\""))?;
+    let mut s = Scenario::start(MANIFEST, 61001);
+    let (up, _) = s.up(&["statefulset/app"]);
     let rss_start = rss_kib(up.pid());
 
-    let target = ws.scratch().join("soak-target");
-    std::fs::write(&target, format!("app@{}", cluster.pod("app-1").ip()))?;
+    let target = s.ws.scratch().join("soak-target");
+    std::fs::write(&target, format!("app@{}", s.cluster.pod("app-1").ip()))?;
     let target_s = target.display().to_string();
     let argv = erlbridge_testbed::erlang::eval_argv(
         "soak@127.0.0.1",
@@ -97,13 +67,13 @@ fn main() -> anyhow::Result<()> {
     let mut argv: Vec<String> = argv.iter().map(|s| (*s).to_owned()).collect();
     argv[1] = (total.as_secs() + 120).to_string();
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let mut calls = ws.spawn_as(&user, &argv)?;
+    let mut calls = s.ws.spawn_as(&s.user, &argv)?;
 
     let started = Instant::now();
     let mut restarts = 0;
     while started.elapsed() + every <= total {
         std::thread::sleep(every);
-        let ip = cluster.restart_pod_with_new_ip("app-1")?;
+        let ip = s.cluster.restart_pod_with_new_ip("app-1")?;
         std::fs::write(&target, format!("app@{ip}"))?;
         restarts += 1;
     }

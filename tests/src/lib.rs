@@ -13,6 +13,7 @@ pub mod erlang;
 pub mod helperd;
 pub mod netns;
 pub mod process;
+pub mod scenario;
 pub mod user;
 pub mod workstation;
 
@@ -20,7 +21,8 @@ pub use bins::Bins;
 pub use cluster::Cluster;
 pub use helperd::Helperd;
 pub use netns::Netns;
-pub use process::Spawned;
+pub use process::{Spawned, rss_kib};
+pub use scenario::Scenario;
 pub use user::User;
 pub use workstation::Workstation;
 

@@ -105,3 +105,13 @@ impl Drop for Spawned {
         let _ = self.child.wait();
     }
 }
+
+/// A process's resident memory in KiB (0 when it cannot be read).
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use erlbridge_testbed::{Bins, Cluster, Helperd, User, Workstation, require_root};
+use erlbridge_testbed::Scenario;
 
 const COOKIE: &str = "s3cr3t-c00kie";
 const MANIFEST: &str = r#"
@@ -28,85 +28,37 @@ name = "two-keys"
 data = { a = "1", b = "2" }
 "#;
 
-struct Scenario {
-    helperd: Helperd,
-    cluster: Cluster,
-    ws: Workstation,
-    bins: Bins,
-    user: User,
-}
-
-fn scenario() -> Scenario {
-    require_root();
-    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe", "erlbridge"]).expect("binaries");
-    let ws = Workstation::new().expect("workstation");
-    let cluster = Cluster::start(&ws, MANIFEST).expect("cluster");
-    let helperd = Helperd::start(&ws, &bins, "").expect("helperd");
-    Scenario {
-        helperd,
-        cluster,
-        ws,
-        bins,
-        user: User::member(61040),
-    }
-}
-
-impl Scenario {
-    fn argv(&self, sub: &str, args: &[&str]) -> Vec<String> {
-        let mut argv = vec![
-            self.bins.path("erlbridge"),
-            sub.to_owned(),
-            "--kubeconfig".to_owned(),
-            self.cluster.kubeconfig.display().to_string(),
-            "--helper-socket".to_owned(),
-            self.helperd.socket.display().to_string(),
-        ];
-        argv.extend(args.iter().map(|a| (*a).to_owned()));
-        argv
-    }
-
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let argv = self.argv("up", args);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        self.ws.run_as(&self.user, &argv).expect("erlbridge")
-    }
-
-    fn mappings(&self) -> usize {
-        self.ws
-            .helper_table()
-            .unwrap_or_default()
-            .matches(" : 127.0.0.1 . ")
-            .count()
-    }
-}
-
 #[test]
 fn a_secrets_cookie_reaches_the_command_and_never_the_output() {
-    let s = scenario();
+    let s = Scenario::start(MANIFEST, 61040);
     let node = format!("app@{}", s.cluster.pod("app-0").ip());
     let script = "C = list_to_atom(os:getenv(\"ERLBRIDGE_COOKIE\")), erlang:set_cookie(C), \
                   N = list_to_atom(os:getenv(\"ERLBRIDGE_NODE\")), \
                   io:format(\"answer ~p~n\", [{net_kernel:connect_node(N), rpc:call(N, erlang, node, [])}]), halt(0).";
     let cookie_file = s.ws.home(&s.user).expect("home").join("cookie");
     let cookie_file_s = cookie_file.display().to_string();
-    let (code, out, err) = s.run(&[
-        "app-0",
-        "--cookie-from",
-        "secret/app-cookie",
-        "--cookie-file",
-        &cookie_file_s,
-        "--output",
-        "json",
-        "-vv",
-        "--",
-        "erl",
-        "-name",
-        "ci@127.0.0.1",
-        "-hidden",
-        "-noshell",
-        "-eval",
-        script,
-    ]);
+    let (code, out, err) = s.run(
+        &s.user,
+        "up",
+        &[
+            "app-0",
+            "--cookie-from",
+            "secret/app-cookie",
+            "--cookie-file",
+            &cookie_file_s,
+            "--output",
+            "json",
+            "-vv",
+            "--",
+            "erl",
+            "-name",
+            "ci@127.0.0.1",
+            "-hidden",
+            "-noshell",
+            "-eval",
+            script,
+        ],
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains(&format!("answer {{true,'{node}'}}")),
@@ -129,19 +81,27 @@ fn a_secrets_cookie_reaches_the_command_and_never_the_output() {
     assert_eq!(s.mappings(), 0);
 
     // Text mode shows it only when asked.
-    let (_, shown, _) = s.run(&[
-        "app-0",
-        "--cookie-from",
-        "env",
-        "--show-cookie",
-        "--",
-        "true",
-    ]);
+    let (_, shown, _) = s.run(
+        &s.user,
+        "up",
+        &[
+            "app-0",
+            "--cookie-from",
+            "env",
+            "--show-cookie",
+            "--",
+            "true",
+        ],
+    );
     assert!(
         shown.contains(&format!("-setcookie {COOKIE} -hidden -remsh {node}")),
         "{shown}"
     );
-    let (_, hidden, _) = s.run(&["app-0", "--cookie-from", "env", "--", "true"]);
+    let (_, hidden, _) = s.run(
+        &s.user,
+        "up",
+        &["app-0", "--cookie-from", "env", "--", "true"],
+    );
     assert!(
         !hidden.contains(COOKIE) && hidden.contains("\"$COOKIE\""),
         "{hidden}"
@@ -154,23 +114,23 @@ fn a_secrets_cookie_reaches_the_command_and_never_the_output() {
         ("secret/app-cookie:nokey", "has no key \"nokey\""),
         ("env:MISSING", "sets MISSING"),
     ] {
-        let (code, out, err) = s.run(&["app-0", "--cookie-from", source]);
+        let (code, out, err) = s.run(&s.user, "up", &["app-0", "--cookie-from", source]);
         assert_eq!(code, 3, "{source}: {out}{err}");
         assert!(err.contains(message), "{source}: {err}");
         assert_eq!(s.mappings(), 0);
     }
-    let (code, _, err) = s.run(&["app-0", "--cookie-from", "configmap/x"]);
+    let (code, _, err) = s.run(&s.user, "up", &["app-0", "--cookie-from", "configmap/x"]);
     assert_eq!(code, 2, "{err}");
 }
 
 #[test]
 fn remsh_attaches_a_shell_in_a_terminal_and_ends_with_it() {
-    let s = scenario();
+    let s = Scenario::start(MANIFEST, 61040);
     let node = format!("app@{}", s.cluster.pod("app-0").ip());
     let home = s.ws.home(&s.user).expect("home").display().to_string();
     let mut wrapped = s.user.wrap(&home, &[]);
     wrapped.insert(wrapped.len(), "TERM=xterm".to_owned());
-    let argv = s.argv(
+    let argv = s.erlbridge(
         "remsh",
         &["app-0", "--erl", "--cookie-from", "secret/app-cookie"],
     );

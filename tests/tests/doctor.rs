@@ -1,11 +1,12 @@
 //! `erlbridge status` and `erlbridge doctor` on the test cluster: what they report on a healthy
 //! setup, and each doctor check failing for its own reason, with its fix and exit code.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use erlbridge_kube_emulator::Access;
-use erlbridge_testbed::{Bins, Cluster, Helperd, User, Workstation, require_root};
+use erlbridge_testbed::{Scenario, User};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -15,68 +16,29 @@ name = "app-0"
 env = { RELEASE_NODE = "app@$(POD_IP)", RELEASE_COOKIE = "monster" }
 "#;
 
-struct Scenario {
-    helperd: Helperd,
-    cluster: Cluster,
-    ws: Workstation,
-    bins: Bins,
-    user: User,
+/// `erlbridge doctor app-0 --output json` as `user`: exit code and checks by name.
+fn doctor(
+    s: &Scenario,
+    user: &User,
+    kubeconfig: &std::path::Path,
+) -> (i32, BTreeMap<String, Value>) {
+    let kc = kubeconfig.display().to_string();
+    let (code, out, err) = s.run(
+        user,
+        "doctor",
+        &["app-0", "--kubeconfig", &kc, "--output", "json"],
+    );
+    assert!(out.contains("\"event\":\"summary\""), "{out}{err}");
+    let checks = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "check")
+        .map(|v| (v["check"].as_str().unwrap_or_default().to_owned(), v))
+        .collect();
+    (code, checks)
 }
 
-fn scenario() -> Scenario {
-    require_root();
-    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe", "erlbridge"]).expect("binaries");
-    let ws = Workstation::new().expect("workstation");
-    let cluster = Cluster::start(&ws, MANIFEST).expect("cluster");
-    let helperd = Helperd::start(&ws, &bins, "").expect("helperd");
-    Scenario {
-        helperd,
-        cluster,
-        ws,
-        bins,
-        user: User::member(61060),
-    }
-}
-
-impl Scenario {
-    /// `erlbridge doctor app-0 --output json` as `user`: exit code and checks by name.
-    fn doctor(
-        &self,
-        user: &User,
-        kubeconfig: &std::path::Path,
-    ) -> (i32, std::collections::BTreeMap<String, Value>) {
-        let kc = kubeconfig.display().to_string();
-        let socket = self.helperd.socket.display().to_string();
-        let erlbridge = self.bins.path("erlbridge");
-        let (code, out, err) = self
-            .ws
-            .run_as(
-                user,
-                &[
-                    &erlbridge,
-                    "doctor",
-                    "app-0",
-                    "--kubeconfig",
-                    &kc,
-                    "--helper-socket",
-                    &socket,
-                    "--output",
-                    "json",
-                ],
-            )
-            .expect("doctor");
-        let checks = out
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["event"] == "check")
-            .map(|v| (v["check"].as_str().unwrap_or_default().to_owned(), v))
-            .collect();
-        assert!(out.contains("\"event\":\"summary\""), "{out}{err}");
-        (code, checks)
-    }
-}
-
-fn failing(checks: &std::collections::BTreeMap<String, Value>) -> Vec<String> {
+fn failing(checks: &BTreeMap<String, Value>) -> Vec<String> {
     checks
         .iter()
         .filter(|(_, v)| v["ok"] == false)
@@ -86,10 +48,10 @@ fn failing(checks: &std::collections::BTreeMap<String, Value>) -> Vec<String> {
 
 #[test]
 fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
-    let mut s = scenario();
+    let mut s = Scenario::start(MANIFEST, 61060);
     let user = s.user.clone();
     let kubeconfig = s.cluster.kubeconfig.clone();
-    let (code, checks) = s.doctor(&user, &kubeconfig);
+    let (code, checks) = doctor(&s, &user, &kubeconfig);
     assert_eq!(failing(&checks), Vec::<String>::new(), "{checks:?}");
     assert_eq!(code, 0);
     assert_eq!(checks.len(), 7, "{checks:?}");
@@ -108,7 +70,7 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
     );
 
     // A caller outside the group.
-    let (code, checks) = s.doctor(&User::outsider(61061), &kubeconfig);
+    let (code, checks) = doctor(&s, &User::outsider(61061), &kubeconfig);
     assert_eq!(code, 1);
     assert!(
         failing(&checks).contains(&"helper".to_owned()),
@@ -139,7 +101,7 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
     )
     .expect("write");
     std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let (code, checks) = s.doctor(&user, &read_only);
+    let (code, checks) = doctor(&s, &user, &read_only);
     assert_eq!(
         (code, failing(&checks)),
         (1, vec!["rbac".to_owned()]),
@@ -164,7 +126,7 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
     s.ws.ns
         .run(&["ip", "route", "del", "default"])
         .expect("route");
-    let (code, checks) = s.doctor(&user, &kubeconfig);
+    let (code, checks) = doctor(&s, &user, &kubeconfig);
     assert_eq!(
         (code, failing(&checks)),
         (1, vec!["route".to_owned()]),
@@ -192,7 +154,7 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
 
     // The helper stopped.
     s.helperd.stop(Signal::SIGTERM).expect("stop");
-    let (code, checks) = s.doctor(&user, &kubeconfig);
+    let (code, checks) = doctor(&s, &user, &kubeconfig);
     assert_eq!(code, 1);
     assert!(
         failing(&checks).contains(&"helper".to_owned()),
@@ -213,7 +175,7 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
 
 #[test]
 fn status_shows_the_callers_identity_policy_and_sessions() {
-    let s = scenario();
+    let s = Scenario::start(MANIFEST, 61060);
     let kubeconfig = s.cluster.kubeconfig.display().to_string();
     let socket = s.helperd.socket.display().to_string();
     let erlbridge = s.bins.path("erlbridge");

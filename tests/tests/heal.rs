@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use erlbridge_testbed::{Bins, Cluster, Helperd, Spawned, User, Workstation, require_root};
+use erlbridge_testbed::{Scenario, Spawned};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -17,65 +17,6 @@ labels = { app = "app" }
 ports = [{ name = "epmd", port = 4369 }]
 env = { RELEASE_NODE = "app@$(POD_IP)", RELEASE_COOKIE = "monster", ERL_DIST_PORT = "9100" }
 "#;
-
-struct Scenario {
-    helperd: Helperd,
-    cluster: Cluster,
-    ws: Workstation,
-    bins: Bins,
-    user: User,
-}
-
-fn scenario() -> Scenario {
-    require_root();
-    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe", "erlbridge"]).expect("binaries");
-    let ws = Workstation::new().expect("workstation");
-    let cluster = Cluster::start(&ws, MANIFEST).expect("cluster");
-    let helperd = Helperd::start(&ws, &bins, "").expect("helperd");
-    Scenario {
-        helperd,
-        cluster,
-        ws,
-        bins,
-        user: User::member(61030),
-    }
-}
-
-impl Scenario {
-    fn up(&self, target: &str) -> Spawned {
-        let kubeconfig = self.cluster.kubeconfig.display().to_string();
-        let socket = self.helperd.socket.display().to_string();
-        let argv = [
-            self.bins.path("erlbridge"),
-            "up".into(),
-            target.into(),
-            "--kubeconfig".into(),
-            kubeconfig,
-            "--helper-socket".into(),
-            socket,
-            "--output".into(),
-            "json".into(),
-        ];
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut up = self.ws.spawn_as(&self.user, &argv).expect("erlbridge");
-        up.wait_line(Duration::from_secs(60), |l| l.contains("\"ready\""))
-            .expect("ready");
-        up
-    }
-
-    /// Whether a fresh hidden local node connects to `node` and gets its name back by rpc.
-    fn reaches(&self, node: &str) -> bool {
-        let expr =
-            format!("{{net_kernel:connect_node('{node}'), rpc:call('{node}', erlang, node, [])}}");
-        self.ws
-            .erl_eval(&self.user, COOKIE, &expr, &[])
-            .is_ok_and(|r| r == format!("{{true,'{node}'}}"))
-    }
-
-    fn table(&self) -> String {
-        self.ws.helper_table().unwrap_or_default()
-    }
-}
 
 /// Waits for a JSON event of kind `event` from erlbridge and returns it.
 fn event(up: &mut Spawned, event: &str, within: Duration) -> Value {
@@ -90,10 +31,10 @@ fn node(s: &Scenario, pod: &str) -> String {
 
 #[test]
 fn restarts_with_new_ips_and_new_replicas_are_followed() {
-    let mut s = scenario();
-    assert!(!s.reaches(&node(&s, "app-1")), "the control");
-    let mut up = s.up("statefulset/app");
-    assert!(s.reaches(&node(&s, "app-1")));
+    let mut s = Scenario::start(MANIFEST, 61030);
+    assert!(!s.reaches(COOKIE, &node(&s, "app-1")), "the control");
+    let mut up = s.up(&["statefulset/app"]).0;
+    assert!(s.reaches(COOKIE, &node(&s, "app-1")));
 
     let old_ip = s.cluster.pod("app-1").ip();
     let started = Instant::now();
@@ -103,13 +44,16 @@ fn restarts_with_new_ips_and_new_replicas_are_followed() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(changed["nodes"][0]["node"], new_node.as_str(), "{changed}");
     assert!(
-        s.reaches(&new_node),
+        s.reaches(COOKIE, &new_node),
         "the new name is reachable without restarting erlbridge"
     );
     assert!(
-        !s.table().contains(&format!("{old_ip} .")),
+        !s.ws
+            .helper_table()
+            .unwrap_or_default()
+            .contains(&format!("{old_ip} .")),
         "the old IP's rules are gone:\n{}",
-        s.table()
+        s.ws.helper_table().unwrap_or_default()
     );
 
     s.cluster.scale("app", 5).expect("scale up");
@@ -120,21 +64,21 @@ fn restarts_with_new_ips_and_new_replicas_are_followed() {
     }
     added.sort();
     assert_eq!(added, ["app-3", "app-4"]);
-    assert!(s.reaches(&node(&s, "app-3")));
-    assert!(s.reaches(&node(&s, "app-4")));
+    assert!(s.reaches(COOKIE, &node(&s, "app-3")));
+    assert!(s.reaches(COOKIE, &node(&s, "app-4")));
 }
 
 #[test]
 fn dropped_forwards_and_a_failing_api_server_heal_by_themselves() {
-    let s = scenario();
+    let s = Scenario::start(MANIFEST, 61030);
     let app0 = node(&s, "app-0");
-    assert!(!s.reaches(&app0), "the control");
-    let _up = s.up("app-0");
-    assert!(s.reaches(&app0));
+    assert!(!s.reaches(COOKIE, &app0), "the control");
+    let _up = s.up(&["app-0"]).0;
+    assert!(s.reaches(COOKIE, &app0));
 
     s.cluster.emulator.drop_forwards();
     assert!(
-        s.reaches(&app0),
+        s.reaches(COOKIE, &app0),
         "a reconnect after every forward was dropped"
     );
 
@@ -143,18 +87,22 @@ fn dropped_forwards_and_a_failing_api_server_heal_by_themselves() {
         .fail_requests(500, Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(10) + Duration::from_millis(500));
     assert!(
-        s.reaches(&app0),
+        s.reaches(COOKIE, &app0),
         "the bridge works again once the API server does"
     );
 }
 
 #[test]
 fn a_restarted_helper_gets_every_mapping_back() {
-    let mut s = scenario();
+    let mut s = Scenario::start(MANIFEST, 61030);
     let app0 = node(&s, "app-0");
-    assert!(!s.reaches(&app0), "the control");
-    let mut up = s.up("app-0");
-    let before = s.table().matches(" : 127.0.0.1 . ").count();
+    assert!(!s.reaches(COOKIE, &app0), "the control");
+    let mut up = s.up(&["app-0"]).0;
+    let before =
+        s.ws.helper_table()
+            .unwrap_or_default()
+            .matches(" : 127.0.0.1 . ")
+            .count();
     assert_eq!(before, 2);
 
     s.helperd.stop(Signal::SIGKILL).expect("killed");
@@ -164,10 +112,13 @@ fn a_restarted_helper_gets_every_mapping_back() {
     event(&mut up, "helper_restored", Duration::from_secs(5));
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(
-        s.table().matches(" : 127.0.0.1 . ").count(),
+        s.ws.helper_table()
+            .unwrap_or_default()
+            .matches(" : 127.0.0.1 . ")
+            .count(),
         before,
         "{}",
-        s.table()
+        s.ws.helper_table().unwrap_or_default()
     );
-    assert!(s.reaches(&app0));
+    assert!(s.reaches(COOKIE, &app0));
 }

@@ -2,10 +2,10 @@
 //! Erlang node as an unprivileged uid in the workstation, real Erlang nodes in the pods.
 //! Every scenario first shows that without erlbridge the local node cannot reach the pod.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use erlbridge_kube_emulator::PodDesc;
-use erlbridge_testbed::{Bins, Cluster, Helperd, Spawned, User, Workstation, require_root};
+use erlbridge_testbed::{Helperd, Scenario, User};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -36,107 +36,17 @@ name = "noepmd"
 labels = { app = "noepmd" }
 "#;
 
-struct Scenario {
-    // Drop order: helper, cluster, workstation, binaries.
-    helperd: Helperd,
-    cluster: Cluster,
-    ws: Workstation,
-    bins: Bins,
-    user: User,
-}
-
-fn scenario() -> Scenario {
-    require_root();
-    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe", "erlbridge"]).expect("binaries");
-    let ws = Workstation::new().expect("workstation");
-    let cluster = Cluster::start(&ws, MANIFEST).expect("cluster");
-    let helperd = Helperd::start(&ws, &bins, "").expect("helperd");
-    Scenario {
-        helperd,
-        cluster,
-        ws,
-        bins,
-        user: User::member(61020),
-    }
-}
-
-impl Scenario {
-    /// `erlbridge up ARGS`, pointed at the test cluster and helper unless ARGS say otherwise.
-    fn argv(&self, args: &[&str]) -> Vec<String> {
-        let mut argv = vec![self.bins.path("erlbridge"), "up".to_owned()];
-        for (flag, value) in [
-            (
-                "--kubeconfig",
-                self.cluster.kubeconfig.display().to_string(),
-            ),
-            ("--helper-socket", self.helperd.socket.display().to_string()),
-        ] {
-            if !args.contains(&flag) {
-                argv.extend([flag.to_owned(), value]);
-            }
-        }
-        argv.extend(args.iter().map(|a| (*a).to_owned()));
-        argv
-    }
-
-    /// Starts `erlbridge up ARGS --output json` as the user; returns it and its ready event.
-    fn up(&self, args: &[&str]) -> (Spawned, Value) {
-        let mut args = args.to_vec();
-        args.extend(["--output", "json"]);
-        let argv = self.argv(&args);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut up = self.ws.spawn_as(&self.user, &argv).expect("erlbridge");
-        let line = up
-            .wait_line(Duration::from_secs(60), |l| l.contains("\"event\""))
-            .expect("erlbridge reports");
-        let event: Value = serde_json::from_str(&line).expect("JSON");
-        assert_eq!(event["event"], "ready", "{event}");
-        (up, event)
-    }
-
-    /// Runs `erlbridge up ARGS` to completion as `user`: (exit code, stdout, stderr).
-    fn up_once(&self, user: &User, args: &[&str]) -> (i32, String, String) {
-        let argv = self.argv(args);
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        self.ws.run_as(user, &argv).expect("erlbridge")
-    }
-
-    /// Evaluates `expr` on a fresh hidden local node as the user.
-    fn local(&self, expr: &str, extra: &[&str]) -> String {
-        self.ws
-            .erl_eval(&self.user, COOKIE, expr, extra)
-            .expect("local node")
-    }
-
-    fn mappings(&self) -> usize {
-        let table = self.ws.helper_table().unwrap_or_default();
-        table.matches(" : 127.0.0.1 . ").count()
-    }
-
-    fn wait_no_mappings(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.mappings() > 0 {
-            assert!(
-                Instant::now() < deadline,
-                "rules left after {within:?}:\n{:?}",
-                self.ws.helper_table()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 fn connect_and_call(node: &str) -> String {
     format!("{{net_kernel:connect_node('{node}'), rpc:call('{node}', erlang, node, [])}}")
 }
 
 #[test]
 fn up_a_pod_then_a_local_node_reaches_it_and_the_rules_go_with_the_client() {
-    let s = scenario();
+    let s = Scenario::start(MANIFEST, 61020);
     let ip = s.cluster.pod("app-0").ip();
     let node = format!("app@{ip}");
     assert_eq!(
-        s.local(&format!("net_kernel:connect_node('{node}')"), &[]),
+        s.local(COOKIE, &format!("net_kernel:connect_node('{node}')"), &[]),
         "false",
         "the control"
     );
@@ -149,7 +59,7 @@ fn up_a_pod_then_a_local_node_reaches_it_and_the_rules_go_with_the_client() {
     assert_eq!(ready["nodes"][0]["epmd_port"], 4369);
     assert_eq!(ready["nodes"][0]["dist_port"], 9100);
     assert_eq!(
-        s.local(&connect_and_call(&node), &[]),
+        s.local(COOKIE, &connect_and_call(&node), &[]),
         format!("{{true,'{node}'}}")
     );
     assert_eq!(s.mappings(), 2, "epmd and distribution");
@@ -159,14 +69,14 @@ fn up_a_pod_then_a_local_node_reaches_it_and_the_rules_go_with_the_client() {
     assert_eq!(up.wait_exit(Duration::from_secs(5)).expect("exits"), 0);
     s.wait_no_mappings(Duration::from_secs(1));
     assert_eq!(
-        s.local(&format!("net_kernel:connect_node('{node}')"), &[]),
+        s.local(COOKIE, &format!("net_kernel:connect_node('{node}')"), &[]),
         "false"
     );
 
     // A node on a random distribution port, and a client killed with SIGKILL.
     let solo = format!("solo@{}", s.cluster.pod("solo").ip());
     assert_eq!(
-        s.local(&format!("net_kernel:connect_node('{solo}')"), &[]),
+        s.local(COOKIE, &format!("net_kernel:connect_node('{solo}')"), &[]),
         "false",
         "the control"
     );
@@ -174,7 +84,7 @@ fn up_a_pod_then_a_local_node_reaches_it_and_the_rules_go_with_the_client() {
     let port = ready["nodes"][0]["dist_port"].as_u64().unwrap_or(0);
     assert!(port > 1024 && port != 9100, "{ready}");
     assert_eq!(
-        s.local(&connect_and_call(&solo), &[]),
+        s.local(COOKIE, &connect_and_call(&solo), &[]),
         format!("{{true,'{solo}'}}")
     );
     up.signal(Signal::SIGKILL);
@@ -183,7 +93,7 @@ fn up_a_pod_then_a_local_node_reaches_it_and_the_rules_go_with_the_client() {
 
 #[test]
 fn a_statefulset_is_bridged_without_splitting_its_cluster() {
-    let s = scenario();
+    let s = Scenario::start(MANIFEST, 61020);
     let names: Vec<String> = ["app-0", "app-1", "app-2"]
         .iter()
         .map(|p| format!("app@{}", s.cluster.pod(p).ip()))
@@ -206,7 +116,11 @@ fn a_statefulset_is_bridged_without_splitting_its_cluster() {
     };
     peers_intact("before");
     assert_eq!(
-        s.local(&format!("net_kernel:connect_node('{}')", names[0]), &[]),
+        s.local(
+            COOKIE,
+            &format!("net_kernel:connect_node('{}')", names[0]),
+            &[]
+        ),
         "false",
         "the control"
     );
@@ -234,7 +148,7 @@ fn a_statefulset_is_bridged_without_splitting_its_cluster() {
         "erpc:call('{}', fun() -> {{lists:sort(nodes()), lists:sort(nodes(hidden))}} end)",
         names[0]
     );
-    let result = s.local(&format!("{{[{all}], {pods_view}}}"), &[]);
+    let result = s.local(COOKIE, &format!("{{[{all}], {pods_view}}}"), &[]);
     for n in &names {
         assert!(
             result.contains(&format!("{{true,'{n}'}}")),
@@ -253,7 +167,7 @@ fn a_statefulset_is_bridged_without_splitting_its_cluster() {
 
 #[test]
 fn dns_named_nodes_connect_with_the_inetrc_erlbridge_writes() {
-    let s = scenario();
+    let s = Scenario::start(MANIFEST, 61020);
     let node = "dns@dns-0.dns.default.svc.cluster.local";
     let (up, ready) = s.up(&["dns-0"]);
     assert_eq!(ready["nodes"][0]["node"], node, "{ready}");
@@ -270,11 +184,11 @@ fn dns_named_nodes_connect_with_the_inetrc_erlbridge_writes() {
     let inetrc_arg = format!("\"{inetrc}\"");
     let with_inetrc = ["-kernel", "inetrc", inetrc_arg.as_str()];
     assert_eq!(
-        s.local(&connect_and_call(node), &with_inetrc),
+        s.local(COOKIE, &connect_and_call(node), &with_inetrc),
         format!("{{true,'{node}'}}")
     );
     assert_eq!(
-        s.local(&format!("net_kernel:connect_node('{node}')"), &[]),
+        s.local(COOKIE, &format!("net_kernel:connect_node('{node}')"), &[]),
         "false",
         "without it the name does not resolve"
     );
@@ -290,7 +204,7 @@ fn dns_named_nodes_connect_with_the_inetrc_erlbridge_writes() {
 
 #[test]
 fn a_command_runs_against_the_pod_and_its_exit_code_is_erlbridges() {
-    let s = scenario();
+    let s = Scenario::start(MANIFEST, 61020);
     let script = |code: u8| {
         format!(
             "N = list_to_atom(os:getenv(\"ERLBRIDGE_NODE\")), true = net_kernel:connect_node(N), \
@@ -300,8 +214,9 @@ fn a_command_runs_against_the_pod_and_its_exit_code_is_erlbridges() {
     let node = format!("app@{}", s.cluster.pod("app-0").ip());
     for code in [0, 3] {
         let script = script(code);
-        let (status, out, err) = s.up_once(
+        let (status, out, err) = s.run(
             &s.user,
+            "up",
             &[
                 "app-0",
                 "--",
@@ -328,7 +243,7 @@ fn a_command_runs_against_the_pod_and_its_exit_code_is_erlbridges() {
 
 #[test]
 fn bad_input_gets_a_clear_error_an_exit_code_and_leaves_nothing() {
-    let mut s = scenario();
+    let mut s = Scenario::start(MANIFEST, 61020);
     let mut pending: PodDesc = s.cluster.pod("noepmd").desc.clone();
     pending.name = "pending".into();
     pending.phase = "Pending".into();
@@ -425,7 +340,7 @@ fn bad_input_gets_a_clear_error_an_exit_code_and_leaves_nothing() {
         ),
     ];
     for (name, who, args, code, message) in cases {
-        let (status, out, err) = s.up_once(who, &args);
+        let (status, out, err) = s.run(who, "up", &args);
         assert_eq!(status, code, "{name}: {out}{err}");
         assert!(
             format!("{out}{err}").contains(message),
@@ -434,7 +349,7 @@ fn bad_input_gets_a_clear_error_an_exit_code_and_leaves_nothing() {
         assert_eq!(s.mappings(), 0, "{name} left rules");
     }
     // The same in JSON: one error event with the code.
-    let (status, out, _) = s.up_once(&user, &["nope", "--output", "json"]);
+    let (status, out, _) = s.run(&user, "up", &["nope", "--output", "json"]);
     let event: Value = serde_json::from_str(out.trim()).expect("one JSON line");
     assert_eq!(
         (status, &event["event"], &event["code"], &event["kind"]),
@@ -445,7 +360,7 @@ fn bad_input_gets_a_clear_error_an_exit_code_and_leaves_nothing() {
     s.helperd.stop(Signal::SIGTERM).expect("stop");
     s.helperd =
         Helperd::start(&s.ws, &s.bins, "allowed_cidrs = [\"192.168.0.0/16\"]").expect("helperd");
-    let (status, out, err) = s.up_once(&user, &["app-0"]);
+    let (status, out, err) = s.run(&user, "up", &["app-0"]);
     assert_eq!(status, 8, "{out}{err}");
     assert!(err.contains("allowed_cidrs"), "{err}");
     assert_eq!(s.mappings(), 0);

@@ -1,0 +1,124 @@
+//! The usual end-to-end setup in one value: a workstation, the test cluster a manifest
+//! describes, erlbridge-helperd as root, and an unprivileged user who runs `erlbridge` and
+//! local Erlang nodes. Scenarios read as prose on top of it:
+//! `let s = Scenario::start(MANIFEST, 61020); let (up, ready) = s.up(&["app-0"]);`
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{Bins, Cluster, Helperd, Spawned, User, Workstation, require_root};
+
+/// Workstation, cluster, helper and user. Fields drop in order: helper, cluster, workstation,
+/// binaries.
+pub struct Scenario {
+    /// The helper, as root in the workstation.
+    pub helperd: Helperd,
+    /// The test cluster.
+    pub cluster: Cluster,
+    /// The workstation.
+    pub ws: Workstation,
+    /// The project's binaries.
+    pub bins: Bins,
+    /// The user who runs erlbridge: a member of the helper's access group.
+    pub user: User,
+}
+
+impl Scenario {
+    /// Builds everything; `uid` names the user (tests running side by side use different ones).
+    pub fn start(manifest: &str, uid: u32) -> Scenario {
+        require_root();
+        let bins =
+            Bins::stage(&["erlbridge-helperd", "helper-probe", "erlbridge"]).expect("binaries");
+        let ws = Workstation::new().expect("workstation");
+        let cluster = Cluster::start(&ws, manifest).expect("cluster");
+        let helperd = Helperd::start(&ws, &bins, "").expect("helperd");
+        Scenario {
+            helperd,
+            cluster,
+            ws,
+            bins,
+            user: User::member(uid),
+        }
+    }
+
+    /// `erlbridge SUB ARGS`, pointed at the test cluster and helper unless ARGS say otherwise.
+    pub fn erlbridge(&self, sub: &str, args: &[&str]) -> Vec<String> {
+        let mut argv = vec![self.bins.path("erlbridge"), sub.to_owned()];
+        if matches!(sub, "up" | "remsh" | "doctor") && !args.contains(&"--kubeconfig") {
+            argv.extend([
+                "--kubeconfig".to_owned(),
+                self.cluster.kubeconfig.display().to_string(),
+            ]);
+        }
+        if !args.contains(&"--helper-socket") {
+            argv.extend([
+                "--helper-socket".to_owned(),
+                self.helperd.socket.display().to_string(),
+            ]);
+        }
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        argv
+    }
+
+    /// Runs `erlbridge SUB ARGS` to completion as `user`: (exit code, stdout, stderr).
+    pub fn run(&self, user: &User, sub: &str, args: &[&str]) -> (i32, String, String) {
+        let argv = self.erlbridge(sub, args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.ws.run_as(user, &argv).expect("erlbridge")
+    }
+
+    /// Starts `erlbridge up ARGS --output json` as the user; returns it once ready, with its
+    /// ready event.
+    pub fn up(&self, args: &[&str]) -> (Spawned, Value) {
+        let mut args = args.to_vec();
+        args.extend(["--output", "json"]);
+        let argv = self.erlbridge("up", &args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut up = self.ws.spawn_as(&self.user, &argv).expect("erlbridge");
+        let line = up
+            .wait_line(Duration::from_secs(60), |l| l.contains("\"event\""))
+            .expect("erlbridge reports");
+        let event: Value = serde_json::from_str(&line).expect("JSON");
+        assert_eq!(event["event"], "ready", "{event}");
+        (up, event)
+    }
+
+    /// Evaluates `expr` on a fresh hidden local node of the user's, with `cookie`.
+    pub fn local(&self, cookie: &str, expr: &str, extra: &[&str]) -> String {
+        self.ws
+            .erl_eval(&self.user, cookie, expr, extra)
+            .expect("local node")
+    }
+
+    /// Whether a fresh hidden local node connects to `node` and gets its name back by rpc.
+    pub fn reaches(&self, cookie: &str, node: &str) -> bool {
+        let expr =
+            format!("{{net_kernel:connect_node('{node}'), rpc:call('{node}', erlang, node, [])}}");
+        self.ws
+            .erl_eval(&self.user, cookie, &expr, &[])
+            .is_ok_and(|r| r == format!("{{true,'{node}'}}"))
+    }
+
+    /// How many mappings the helper's table holds.
+    pub fn mappings(&self) -> usize {
+        self.ws
+            .helper_table()
+            .unwrap_or_default()
+            .matches(" : 127.0.0.1 . ")
+            .count()
+    }
+
+    /// Waits until the helper's table holds no mapping.
+    pub fn wait_no_mappings(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.mappings() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "rules left after {within:?}:\n{:?}",
+                self.ws.helper_table()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
