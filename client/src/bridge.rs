@@ -18,6 +18,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt as _, watcher};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{debug, info, warn};
 
 use crate::cookie::{CookieError, CookieSource};
@@ -107,6 +108,10 @@ pub struct Bridge {
     namespace: String,
     opts: UpOptions,
     retry: BTreeMap<String, PodInfo>,
+    failures: (
+        UnboundedSender<forward::Failed>,
+        UnboundedReceiver<forward::Failed>,
+    ),
     /// Every pod name bridged so far: one that comes back (a StatefulSet pod re-created with a
     /// new IP) is reported as changed, not as new.
     seen: std::collections::BTreeSet<String>,
@@ -160,7 +165,8 @@ async fn registered(pods: &Api<Pod>, pod: &PodInfo) -> Result<Vec<epmd::Register
         reason,
     };
     let ask = async {
-        let (mut stream, errors) = forward::open(pods, &pod.name, pod.epmd_port).await?;
+        let (mut stream, errors) =
+            forward::open_with_retries(pods, &pod.name, pod.epmd_port).await?;
         tokio::select! {
             names = epmd::names(&mut stream) => match names {
                 Ok(Ok(names)) => Ok(names),
@@ -202,6 +208,7 @@ pub async fn up(opts: &UpOptions) -> Result<Bridge, UpError> {
         namespace,
         opts: opts.clone(),
         retry: BTreeMap::new(),
+        failures: unbounded_channel(),
         seen: Default::default(),
     };
     for pod in pods {
@@ -236,7 +243,9 @@ impl Bridge {
         let mut forwards = Vec::new();
         let mut mapped = Vec::new();
         for port in ports {
-            let forward = forward::listen(api.clone(), pod.name.clone(), port).await?;
+            let forward =
+                forward::listen(api.clone(), pod.name.clone(), port, self.failures.0.clone())
+                    .await?;
             let addr = SocketAddr::new(pod.ip, port);
             if let Err(e) = self.helper.map(addr, forward.local.port()).await {
                 for done in mapped {
@@ -345,7 +354,7 @@ impl Bridge {
                 if !self.retry.contains_key(&name) {
                     changes.push(Change::PodUnreachable {
                         pod: name.clone(),
-                        reason: e.to_string(),
+                        reason: format!("{e}; trying again every second"),
                     });
                 }
                 self.retry.insert(name, info);
@@ -388,6 +397,15 @@ impl Bridge {
                         delay = (delay * 2).min(Duration::from_secs(2));
                     }
                     changes.push(Change::HelperRestored);
+                }
+                Some(failed) = self.failures.1.recv() => {
+                    // Only for pods still bridged: a connection to a pod that is gone is moot.
+                    if self.pods.contains_key(&failed.pod) {
+                        changes.push(Change::PodUnreachable {
+                            pod: failed.pod,
+                            reason: format!("a connection to port {} could not be forwarded: {}", failed.port, failed.reason),
+                        });
+                    }
                 }
                 _ = tick.tick(), if !self.retry.is_empty() => {
                     let pending: Vec<PodInfo> = self.retry.values().cloned().collect();

@@ -28,7 +28,9 @@ pub fn classify(e: &UpError) -> (u8, &'static str) {
         UpError::Forward(ForwardError::Api { source, .. }) if forbidden(source) => {
             (exit::FORBIDDEN, "kubernetes_forbidden")
         }
-        UpError::Forward(ForwardError::Api { .. }) => (exit::KUBERNETES, "kubernetes"),
+        UpError::Forward(ForwardError::Api { .. } | ForwardError::Stalled { .. }) => {
+            (exit::KUBERNETES, "kubernetes")
+        }
         UpError::Forward(ForwardError::Refused { .. }) | UpError::NoEpmd { .. } => {
             (exit::NOT_READY, "no_epmd")
         }

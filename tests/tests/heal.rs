@@ -82,14 +82,24 @@ fn dropped_forwards_and_a_failing_api_server_heal_by_themselves() {
         "a reconnect after every forward was dropped"
     );
 
-    s.cluster
-        .emulator
-        .fail_requests(500, Duration::from_secs(10));
+    // A short failure: a new connection is retried with backoff until the API answers again.
+    s.cluster.emulator.fail_requests(500, Duration::from_secs(3));
+    assert!(s.reaches(COOKIE, &app0), "a connection during a short API failure is retried");
+
+    s.cluster.emulator.fail_requests(500, Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(10) + Duration::from_millis(500));
     assert!(
         s.reaches(COOKIE, &app0),
         "the bridge works again once the API server does"
     );
+
+    // A stalled API server: --ready-timeout gives up in time, with its own exit code.
+    s.cluster.emulator.stall_requests(Duration::from_secs(30));
+    let started = Instant::now();
+    let (code, out, err) = s.run(&s.user, "up", &["app-0", "--ready-timeout", "2"]);
+    assert_eq!(code, 9, "{out}{err}");
+    assert!(err.contains("not ready within --ready-timeout 2s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
 
 #[test]
@@ -121,4 +131,11 @@ fn a_restarted_helper_gets_every_mapping_back() {
         s.ws.helper_table().unwrap_or_default()
     );
     assert!(s.reaches(COOKIE, &app0));
+
+    // A pod whose node died: connections fail, and erlbridge says so.
+    s.cluster.kill_node("app-0").expect("kill");
+    assert!(!s.reaches(COOKIE, &app0));
+    let unreachable = event(&mut up, "pod_unreachable", Duration::from_secs(10));
+    assert_eq!(unreachable["pod"], "app-0", "{unreachable}");
+    assert!(unreachable["message"].as_str().unwrap_or_default().contains("port 4369"), "{unreachable}");
 }

@@ -288,6 +288,10 @@ async fn port_forward_speaks_the_kubelets_framing() {
         Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (500, "InternalError")),
         other => panic!("expected 500, got {other:?}"),
     }
+    assert!(
+        pods.portforward("echo", &[port]).await.is_err(),
+        "port-forwards fail in the window too"
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     pods.get("echo")
         .await
