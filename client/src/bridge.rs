@@ -243,18 +243,29 @@ impl Bridge {
         let mut forwards = Vec::new();
         let mut mapped = Vec::new();
         for port in ports {
-            let forward =
-                forward::listen(api.clone(), pod.name.clone(), port, self.failures.0.clone())
-                    .await?;
             let addr = SocketAddr::new(pod.ip, port);
-            if let Err(e) = self.helper.map(addr, forward.local.port()).await {
-                for done in mapped {
-                    let _ = self.helper.unmap(done).await;
+            let listened =
+                forward::listen(api.clone(), pod.name.clone(), port, self.failures.0.clone()).await;
+            let mapped_now = match listened {
+                Ok(forward) => match self.helper.map(addr, forward.local.port()).await {
+                    Ok(()) => Ok(forward),
+                    Err(e) => Err(UpError::from(e)),
+                },
+                Err(e) => Err(UpError::from(e)),
+            };
+            match mapped_now {
+                Ok(forward) => {
+                    mapped.push(addr);
+                    forwards.push(forward);
                 }
-                return Err(e.into());
+                Err(e) => {
+                    // Leave nothing half-bridged.
+                    for done in mapped {
+                        let _ = self.helper.unmap(done).await;
+                    }
+                    return Err(e);
+                }
             }
-            mapped.push(addr);
-            forwards.push(forward);
         }
         let nodes: Vec<BridgedNode> = registered
             .into_iter()

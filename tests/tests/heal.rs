@@ -66,6 +66,28 @@ fn restarts_with_new_ips_and_new_replicas_are_followed() {
     assert_eq!(added, ["app-3", "app-4"]);
     assert!(s.reaches(COOKIE, &node(&s, "app-3")));
     assert!(s.reaches(COOKIE, &node(&s, "app-4")));
+
+    // Scale down: the removed pods are unbridged and their rules go.
+    let gone = [s.cluster.pod("app-3").ip(), s.cluster.pod("app-4").ip()];
+    s.cluster.scale("app", 3).expect("scale down");
+    let mut removed = Vec::new();
+    while removed.len() < 2 {
+        let e = event(&mut up, "pod_removed", Duration::from_secs(10));
+        removed.push(e["pod"].as_str().unwrap_or_default().to_owned());
+    }
+    removed.sort();
+    assert_eq!(removed, ["app-3", "app-4"]);
+    let table = s.ws.helper_table().unwrap_or_default();
+    for ip in gone {
+        assert!(
+            !table.contains(&format!("{ip} .")),
+            "{ip}'s rules are gone:\n{table}"
+        );
+    }
+    assert!(
+        s.reaches(COOKIE, &node(&s, "app-0")),
+        "the rest stays bridged"
+    );
 }
 
 #[test]
@@ -83,10 +105,17 @@ fn dropped_forwards_and_a_failing_api_server_heal_by_themselves() {
     );
 
     // A short failure: a new connection is retried with backoff until the API answers again.
-    s.cluster.emulator.fail_requests(500, Duration::from_secs(3));
-    assert!(s.reaches(COOKIE, &app0), "a connection during a short API failure is retried");
+    s.cluster
+        .emulator
+        .fail_requests(500, Duration::from_secs(3));
+    assert!(
+        s.reaches(COOKIE, &app0),
+        "a connection during a short API failure is retried"
+    );
 
-    s.cluster.emulator.fail_requests(500, Duration::from_secs(10));
+    s.cluster
+        .emulator
+        .fail_requests(500, Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(10) + Duration::from_millis(500));
     assert!(
         s.reaches(COOKIE, &app0),
@@ -99,7 +128,11 @@ fn dropped_forwards_and_a_failing_api_server_heal_by_themselves() {
     let (code, out, err) = s.run(&s.user, "up", &["app-0", "--ready-timeout", "2"]);
     assert_eq!(code, 9, "{out}{err}");
     assert!(err.contains("not ready within --ready-timeout 2s"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -137,5 +170,11 @@ fn a_restarted_helper_gets_every_mapping_back() {
     assert!(!s.reaches(COOKIE, &app0));
     let unreachable = event(&mut up, "pod_unreachable", Duration::from_secs(10));
     assert_eq!(unreachable["pod"], "app-0", "{unreachable}");
-    assert!(unreachable["message"].as_str().unwrap_or_default().contains("port 4369"), "{unreachable}");
+    assert!(
+        unreachable["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("port 4369"),
+        "{unreachable}"
+    );
 }

@@ -247,6 +247,22 @@ fn the_debian_package_puts_everything_where_it_belongs() {
         .args(["up", "--help"])
         .output()
         .expect("plugin");
+    // And kubectl itself finds it on PATH: `kubectl erlbridge ...` runs it.
+    let path = format!(
+        "{}:{}",
+        root.path().join("usr/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let via_kubectl = std::process::Command::new("kubectl")
+        .args(["erlbridge", "up", "--help"])
+        .env("PATH", path)
+        .output()
+        .expect("kubectl");
+    assert!(
+        String::from_utf8_lossy(&via_kubectl.stdout).contains("Exit codes:"),
+        "kubectl erlbridge: {}",
+        String::from_utf8_lossy(&via_kubectl.stderr)
+    );
     assert!(String::from_utf8_lossy(&help.stdout).contains("Exit codes:"));
     let service = std::fs::read_to_string(
         root.path()
