@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use erlbridge_proto::v1 as pb;
+use erlbridge_testbed::helperd::open_session;
 use erlbridge_testbed::{Bins, Helperd, Workstation, require_root, rss_kib};
-use tokio_stream::StreamExt;
 
 const SAMPLES: usize = 200;
 
@@ -38,19 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let rss_empty = rss_kib(pid);
 
     let mut client = erlbridge_proto::connect(&helperd.socket).await?;
-    let mut events = client
-        .open_session(pb::OpenSessionRequest {
-            label: "bench".into(),
-        })
-        .await?
-        .into_inner();
-    let Some(Ok(pb::SessionEvent {
-        event: Some(pb::session_event::Event::Opened(opened)),
-    })) = events.next().await
-    else {
-        anyhow::bail!("no session");
-    };
-    let id = opened.session_id;
+    let (id, events) = open_session(&mut client, "bench").await?;
     let pod = |n: u32| format!("10.244.{}.{}", n / 250, 1 + n % 250);
 
     println!(

@@ -162,3 +162,25 @@ impl Helperd {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+/// Opens a helper session on `client`: its id, and the stream whose life is the session's.
+pub async fn open_session(
+    client: &mut erlbridge_proto::v1::helper_client::HelperClient<tonic::transport::Channel>,
+    label: &str,
+) -> Result<(u64, tonic::Streaming<erlbridge_proto::v1::SessionEvent>), tonic::Status> {
+    use erlbridge_proto::v1 as pb;
+    let mut events = client
+        .open_session(pb::OpenSessionRequest {
+            label: label.to_owned(),
+        })
+        .await?
+        .into_inner();
+    match events.message().await? {
+        Some(pb::SessionEvent {
+            event: Some(pb::session_event::Event::Opened(opened)),
+        }) => Ok((opened.session_id, events)),
+        _ => Err(tonic::Status::internal(
+            "the helper did not open the session",
+        )),
+    }
+}

@@ -18,6 +18,18 @@ pub const HOST_V4: &str = "10.250.0.1";
 /// The workstation's own IPv6 address.
 pub const HOST_V6: &str = "fd00:250::1";
 
+/// The workstation's IPv4 default route: to a neighbour that never answers.
+const DEFAULT_ROUTE: &[&str] = &[
+    "ip",
+    "route",
+    "add",
+    "default",
+    "via",
+    "10.250.0.2",
+    "dev",
+    "uplink",
+];
+
 /// A workstation namespace and a scratch directory every test user can read.
 #[derive(Debug)]
 pub struct Workstation {
@@ -54,16 +66,7 @@ impl Workstation {
                 "uplink",
                 "nodad",
             ],
-            &[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                "10.250.0.2",
-                "dev",
-                "uplink",
-            ],
+            DEFAULT_ROUTE,
             &[
                 "ip",
                 "-6",
@@ -81,6 +84,17 @@ impl Workstation {
         let scratch = tempfile::Builder::new().prefix("eb-ws-").tempdir()?;
         std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))?;
         Ok(Workstation { ns, scratch })
+    }
+
+    /// Removes the IPv4 default route (connect() to a pod address then finds no route), or
+    /// puts it back.
+    pub fn set_default_route(&self, present: bool) -> anyhow::Result<()> {
+        if present {
+            self.ns.run(DEFAULT_ROUTE)?;
+        } else {
+            self.ns.run(&["ip", "route", "del", "default"])?;
+        }
+        Ok(())
     }
 
     /// The scratch directory (readable by every test user).

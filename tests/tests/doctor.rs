@@ -123,9 +123,7 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
     );
 
     // No route toward the pods.
-    s.ws.ns
-        .run(&["ip", "route", "del", "default"])
-        .expect("route");
+    s.ws.set_default_route(false).expect("route");
     let (code, checks) = doctor(&s, &user, &kubeconfig);
     assert_eq!(
         (code, failing(&checks)),
@@ -139,18 +137,7 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
             .contains("default route"),
         "{checks:?}"
     );
-    s.ws.ns
-        .run(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.250.0.2",
-            "dev",
-            "uplink",
-        ])
-        .expect("route");
+    s.ws.set_default_route(true).expect("route");
 
     // The helper stopped.
     s.helperd.stop(Signal::SIGTERM).expect("stop");

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use erlbridge_proto::v1 as pb;
+use erlbridge_testbed::helperd::open_session;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
@@ -180,25 +181,13 @@ async fn helper(socket: PathBuf, command: Cmd) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Hold { maps, aliases } => {
-            let mut events = match client
-                .open_session(pb::OpenSessionRequest {
-                    label: "helper-probe".into(),
-                })
-                .await
-            {
-                Ok(r) => r.into_inner(),
+            let (id, mut events) = match open_session(&mut client, "helper-probe").await {
+                Ok(opened) => opened,
                 Err(status) => {
                     println!("{}", status_json("open", &status));
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            let Some(Ok(pb::SessionEvent {
-                event: Some(pb::session_event::Event::Opened(opened)),
-            })) = events.next().await
-            else {
-                anyhow::bail!("the helper did not open the session");
-            };
-            let id = opened.session_id;
             println!("{}", json!({"session": id}));
             for map in maps {
                 let (pod, local) = map.split_once('=').unwrap_or((&map, ""));
@@ -239,19 +228,7 @@ async fn helper(socket: PathBuf, command: Cmd) -> anyhow::Result<ExitCode> {
             extra,
             host_addr,
         } => {
-            let mut events = client
-                .open_session(pb::OpenSessionRequest {
-                    label: "flood".into(),
-                })
-                .await?
-                .into_inner();
-            let Some(Ok(pb::SessionEvent {
-                event: Some(pb::session_event::Event::Opened(opened)),
-            })) = events.next().await
-            else {
-                anyhow::bail!("the helper did not open the session");
-            };
-            let id = opened.session_id;
+            let (id, mut events) = open_session(&mut client, "flood").await?;
             let huge = "1".repeat(3 << 20);
             let map = |pod_ip: &str, pod_port, local_ip: &str, local_port| pb::AddMappingRequest {
                 session_id: id,
