@@ -32,6 +32,7 @@ data = { a = "1", b = "2" }
 fn a_secrets_cookie_reaches_the_command_and_never_the_output() {
     let s = Scenario::start(MANIFEST, 61040);
     let node = format!("app@{}", s.cluster.pod("app-0").ip());
+    assert!(!s.reaches(COOKIE, &node), "the control");
     let script = "C = list_to_atom(os:getenv(\"ERLBRIDGE_COOKIE\")), erlang:set_cookie(C), \
                   N = list_to_atom(os:getenv(\"ERLBRIDGE_NODE\")), \
                   io:format(\"answer ~p~n\", [{net_kernel:connect_node(N), rpc:call(N, erlang, node, [])}]), halt(0).";
@@ -127,6 +128,7 @@ fn a_secrets_cookie_reaches_the_command_and_never_the_output() {
 fn remsh_attaches_a_shell_in_a_terminal_and_ends_with_it() {
     let s = Scenario::start(MANIFEST, 61040);
     let node = format!("app@{}", s.cluster.pod("app-0").ip());
+    assert!(!s.reaches(COOKIE, &node), "the control");
     let home = s.ws.home(&s.user).expect("home").display().to_string();
     let mut wrapped = s.user.wrap(&home, &[]);
     wrapped.insert(wrapped.len(), "TERM=xterm".to_owned());

@@ -169,6 +169,8 @@ fn a_statefulset_is_bridged_without_splitting_its_cluster() {
 fn dns_named_nodes_connect_with_the_inetrc_erlbridge_writes() {
     let s = Scenario::start(MANIFEST, 61020);
     let node = "dns@dns-0.dns.default.svc.cluster.local";
+    let control = s.local(COOKIE, &format!("net_kernel:connect_node('{node}')"), &[]);
+    assert_eq!(control, "false", "the control");
     let (up, ready) = s.up(&["dns-0"]);
     assert_eq!(ready["nodes"][0]["node"], node, "{ready}");
     let inetrc = ready["inetrc"].as_str().expect("an inetrc file").to_owned();
@@ -212,6 +214,8 @@ fn a_command_runs_against_the_pod_and_its_exit_code_is_erlbridges() {
         )
     };
     let node = format!("app@{}", s.cluster.pod("app-0").ip());
+    let control = s.local(COOKIE, &format!("net_kernel:connect_node('{node}')"), &[]);
+    assert_eq!(control, "false", "the control");
     for code in [0, 3] {
         let script = script(code);
         let (status, out, err) = s.run(
