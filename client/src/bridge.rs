@@ -165,15 +165,17 @@ async fn registered(pods: &Api<Pod>, pod: &PodInfo) -> Result<Vec<epmd::Register
         reason,
     };
     let ask = async {
-        let (mut stream, errors) =
-            forward::open_with_retries(pods, &pod.name, pod.epmd_port).await?;
+        let forward::Opened {
+            io: mut stream,
+            refused,
+        } = forward::open_with_retries(pods, &pod.name, pod.epmd_port).await?;
         tokio::select! {
             names = epmd::names(&mut stream) => match names {
                 Ok(Ok(names)) => Ok(names),
                 Ok(Err(malformed)) => Err(no_epmd(malformed.to_string())),
                 Err(e) => Err(no_epmd(e.to_string())),
             },
-            Some(message) = errors => Err(no_epmd(message)),
+            Some(message) = refused => Err(no_epmd(message)),
         }
     };
     match tokio::time::timeout(EPMD_TIMEOUT, ask).await {

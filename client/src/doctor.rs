@@ -293,13 +293,7 @@ fn route_check(pod_ips: &[IpAddr], cidrs: &[String]) -> Check {
 }
 
 fn erlang_check() -> Check {
-    let find = |program: &str| {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(program))
-                .find(|p| p.is_file())
-        })
-    };
+    let find = crate::remsh::find_on_path;
     match (find("erl"), find("iex")) {
         (None, None) => failed(
             "erlang",

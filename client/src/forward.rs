@@ -6,6 +6,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use tokio::net::{TcpListener, TcpStream};
@@ -84,18 +86,16 @@ pub enum ForwardError {
     },
 }
 
-/// Opens one port-forward stream to `pod`:`port`.
-pub async fn open(
-    pods: &Api<Pod>,
-    pod: &str,
-    port: u16,
-) -> Result<
-    (
-        tokio::io::DuplexStream,
-        impl std::future::Future<Output = Option<String>> + use<>,
-    ),
-    ForwardError,
-> {
+/// An open port-forward stream to one pod port.
+pub struct Opened {
+    /// The stream's bytes.
+    pub io: tokio::io::DuplexStream,
+    /// Resolves with the kubelet's message if the pod refuses the port.
+    pub refused: BoxFuture<'static, Option<String>>,
+}
+
+/// Opens one port-forward stream to `pod`:`port`, once.
+async fn open(pods: &Api<Pod>, pod: &str, port: u16) -> Result<Opened, ForwardError> {
     let api = |source| ForwardError::Api {
         pod: pod.to_owned(),
         port,
@@ -110,7 +110,7 @@ pub async fn open(
             message: "no stream for the port".to_owned(),
         })?;
     let error = forwarder.take_error(port);
-    let errors = async move {
+    let refused = async move {
         match error {
             Some(e) => e.await,
             None => None,
@@ -118,7 +118,10 @@ pub async fn open(
     };
     // The forwarder's task runs on by itself; dropping the handle does not stop it.
     drop(forwarder);
-    Ok((stream, errors))
+    Ok(Opened {
+        io: stream,
+        refused: refused.boxed(),
+    })
 }
 
 /// Opens a port-forward stream, trying again with backoff while the API server fails or
@@ -127,13 +130,7 @@ pub async fn open_with_retries(
     pods: &Api<Pod>,
     pod: &str,
     port: u16,
-) -> Result<
-    (
-        tokio::io::DuplexStream,
-        impl std::future::Future<Output = Option<String>> + use<>,
-    ),
-    ForwardError,
-> {
+) -> Result<Opened, ForwardError> {
     let mut delays = RETRY_DELAYS.iter();
     loop {
         let error = match tokio::time::timeout(OPEN_TIMEOUT, open(pods, pod, port)).await {
@@ -192,12 +189,15 @@ async fn relay(
     port: u16,
 ) -> Result<(), ForwardError> {
     let _ = conn.set_nodelay(true);
-    let (mut upstream, errors) = open_with_retries(pods, pod, port).await?;
+    let Opened {
+        io: mut upstream,
+        refused,
+    } = open_with_retries(pods, pod, port).await?;
     tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut conn, &mut upstream) => {
             debug!(pod, port, ?copied, "forwarded connection ended");
             Ok(())
         }
-        Some(message) = errors => Err(ForwardError::Refused { pod: pod.to_owned(), port, message }),
+        Some(message) = refused => Err(ForwardError::Refused { pod: pod.to_owned(), port, message }),
     }
 }

@@ -80,7 +80,7 @@ pub async fn connect(
             },
             _ => HelperError::Unreachable {
                 socket: socket.to_owned(),
-                reason: error_chain(&e),
+                reason: crate::up::chain(&e),
             },
         })
 }
@@ -224,16 +224,6 @@ impl Link {
         self.session = Some(session);
         Ok(())
     }
-
-    /// How many mappings the link holds.
-    pub fn len(&self) -> usize {
-        self.mappings.len()
-    }
-
-    /// Whether the link holds no mapping.
-    pub fn is_empty(&self) -> bool {
-        self.mappings.is_empty()
-    }
 }
 
 /// The kind of the first I/O error in `e`'s chain of causes.
@@ -246,16 +236,6 @@ fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> 
         cause = c.source();
     }
     None
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
 }
 
 /// Reading the first event without pulling in a stream-combinator crate.

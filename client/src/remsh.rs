@@ -9,17 +9,17 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::up::{bring_up, fail, say};
 
-/// Whether `program` is on PATH.
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| {
-            let candidate = dir.join(program);
-            candidate.is_file()
-                && std::fs::metadata(&candidate).is_ok_and(|m| {
-                    std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-                })
+/// Where `program` is on PATH, as an executable file.
+pub fn find_on_path(program: &str) -> Option<std::path::PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate).is_ok_and(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
         })
-    })
 }
 
 /// The shell's command line for attaching `local` to `node`.
@@ -56,8 +56,8 @@ pub async fn run(args: RemshArgs) -> u8 {
         }
         None => nodes.first().map(|n| n.node.clone()).unwrap_or_default(),
     };
-    let iex = !args.erl && on_path("iex");
-    if !iex && !on_path("erl") {
+    let iex = !args.erl && find_on_path("iex").is_some();
+    if !iex && find_on_path("erl").is_none() {
         return fail(
             output,
             exit::OTHER,

@@ -165,15 +165,6 @@ impl Registry {
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
         self.sessions.values()
     }
-
-    /// The ids of the sessions opened on connection `conn`.
-    pub fn sessions_on(&self, conn: u64) -> Vec<SessionId> {
-        self.sessions
-            .values()
-            .filter(|s| s.conn == conn)
-            .map(|s| s.id)
-            .collect()
-    }
 }
 
 impl Ledger for Registry {
@@ -237,7 +228,6 @@ mod tests {
             registry.owned(id, 8).unwrap_err(),
             Refusal::UnknownSession { session: id }
         );
-        assert_eq!(registry.sessions_on(7), vec![id]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! sit under a home directory other users cannot enter).
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 
@@ -55,10 +55,5 @@ impl Bins {
     /// The staged copy of binary `name`.
     pub fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
-    }
-
-    /// The staging directory.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }

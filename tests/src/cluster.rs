@@ -91,7 +91,8 @@ pub struct Cluster {
     pods: BTreeMap<String, Pod>,
     /// The API server.
     pub emulator: Emulator,
-    runtime: tokio::runtime::Runtime,
+    /// The runtime the emulator serves on; dropping it stops the emulator.
+    _runtime: tokio::runtime::Runtime,
     ns: Netns,
     manifest: Manifest,
     next_ip: u32,
@@ -154,7 +155,7 @@ impl Cluster {
         let mut cluster = Cluster {
             pods: BTreeMap::new(),
             emulator,
-            runtime,
+            _runtime: runtime,
             ns,
             manifest: manifest.clone(),
             next_ip: 10,
@@ -201,11 +202,6 @@ impl Cluster {
         std::iter::once(self.ns.name().to_owned())
             .chain(self.pods.values().map(|p| p.ns.name().to_owned()))
             .collect()
-    }
-
-    /// Runs a future on the cluster's runtime (where the emulator lives).
-    pub fn block_on<T>(&self, future: impl std::future::Future<Output = T>) -> T {
-        self.runtime.block_on(future)
     }
 
     fn allocate_ip(&mut self) -> String {

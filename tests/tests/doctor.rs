@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
 
 use erlbridge_kube_emulator::Access;
 use erlbridge_testbed::{Scenario, User};
@@ -38,6 +37,11 @@ fn doctor(
     (code, checks)
 }
 
+/// A check's `detail` or `fix`, as text ("" when absent).
+fn text<'a>(checks: &'a BTreeMap<String, Value>, check: &str, key: &str) -> &'a str {
+    checks[check][key].as_str().unwrap_or_default()
+}
+
 fn failing(checks: &BTreeMap<String, Value>) -> Vec<String> {
     checks
         .iter()
@@ -56,18 +60,10 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
     assert_eq!(code, 0);
     assert_eq!(checks.len(), 7, "{checks:?}");
     assert!(
-        checks["nftables"]["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("nftables v"),
+        text(&checks, "nftables", "detail").contains("nftables v"),
         "{checks:?}"
     );
-    assert!(
-        checks["route"]["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains(&s.cluster.pod("app-0").ip())
-    );
+    assert!(text(&checks, "route", "detail").contains(&s.cluster.pod("app-0").ip()));
 
     // A caller outside the group.
     let (code, checks) = doctor(&s, &User::outsider(61061), &kubeconfig);
@@ -77,10 +73,7 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
         "{checks:?}"
     );
     assert!(
-        checks["helper"]["fix"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("usermod -aG erlbridge"),
+        text(&checks, "helper", "fix").contains("usermod -aG erlbridge"),
         "{checks:?}"
     );
 
@@ -108,19 +101,10 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
         "{checks:?}"
     );
     assert!(
-        checks["rbac"]["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("create pods/portforward"),
+        text(&checks, "rbac", "detail").contains("create pods/portforward"),
         "{checks:?}"
     );
-    assert!(
-        checks["rbac"]["fix"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("Role"),
-        "{checks:?}"
-    );
+    assert!(text(&checks, "rbac", "fix").contains("Role"), "{checks:?}");
 
     // No route toward the pods.
     s.ws.set_default_route(false).expect("route");
@@ -131,10 +115,7 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
         "{checks:?}"
     );
     assert!(
-        checks["route"]["fix"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("default route"),
+        text(&checks, "route", "fix").contains("default route"),
         "{checks:?}"
     );
     s.ws.set_default_route(true).expect("route");
@@ -148,10 +129,7 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
         "{checks:?}"
     );
     assert!(
-        checks["helper"]["fix"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("systemctl enable --now erlbridge-helperd.socket"),
+        text(&checks, "helper", "fix").contains("systemctl enable --now erlbridge-helperd.socket"),
         "{checks:?}"
     );
     assert!(
@@ -163,41 +141,9 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
 #[test]
 fn status_shows_the_callers_identity_policy_and_sessions() {
     let s = Scenario::start(MANIFEST, 61060);
-    let kubeconfig = s.cluster.kubeconfig.display().to_string();
-    let socket = s.helperd.socket.display().to_string();
-    let erlbridge = s.bins.path("erlbridge");
-    let mut up =
-        s.ws.spawn_as(
-            &s.user,
-            &[
-                &erlbridge,
-                "up",
-                "app-0",
-                "--kubeconfig",
-                &kubeconfig,
-                "--helper-socket",
-                &socket,
-                "--output",
-                "json",
-            ],
-        )
-        .expect("erlbridge");
-    up.wait_line(Duration::from_secs(60), |l| l.contains("\"ready\""))
-        .expect("ready");
+    let (_up, _) = s.up(&["app-0"]);
 
-    let (code, out, err) =
-        s.ws.run_as(
-            &s.user,
-            &[
-                &erlbridge,
-                "status",
-                "--helper-socket",
-                &socket,
-                "--output",
-                "json",
-            ],
-        )
-        .expect("status");
+    let (code, out, err) = s.run(&s.user, "status", &["--output", "json"]);
     assert_eq!(code, 0, "{err}");
     let status: Value = serde_json::from_str(out.trim()).expect("JSON");
     assert_eq!(status["caller"]["uid"], 61060);
@@ -211,25 +157,12 @@ fn status_shows_the_callers_identity_policy_and_sessions() {
 
     // Another user sees none of them; root sees all.
     let other = User::member(61062);
-    let (_, out, _) =
-        s.ws.run_as(
-            &other,
-            &[
-                &erlbridge,
-                "status",
-                "--helper-socket",
-                &socket,
-                "--output",
-                "json",
-            ],
-        )
-        .expect("status");
+    let (_, out, _) = s.run(&other, "status", &["--output", "json"]);
     let theirs: Value = serde_json::from_str(out.trim()).expect("JSON");
     assert_eq!(theirs["sessions"].as_array().map(Vec::len), Some(0));
-    let root =
-        s.ws.ns
-            .run(&[&erlbridge, "status", "--helper-socket", &socket])
-            .expect("status as root");
+    let argv = s.erlbridge("status", &[]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let root = s.ws.ns.run(&argv).expect("status as root");
     assert!(root.contains("session 1 of uid 61060"), "{root}");
     assert!(
         root.contains(&format!(
@@ -239,12 +172,7 @@ fn status_shows_the_callers_identity_policy_and_sessions() {
         "{root}"
     );
 
-    let (code, _, err) =
-        s.ws.run_as(
-            &s.user,
-            &[&erlbridge, "status", "--helper-socket", "/nonexistent.sock"],
-        )
-        .expect("status");
+    let (code, _, err) = s.run(&s.user, "status", &["--helper-socket", "/nonexistent.sock"]);
     assert_eq!(code, 7);
     assert!(err.contains("is not reachable"), "{err}");
 }

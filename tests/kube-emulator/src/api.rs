@@ -110,11 +110,6 @@ impl Emulator {
         format!("https://{}", self.inner.addr)
     }
 
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.inner.addr
-    }
-
     /// A kubeconfig for `token` with `namespace` as the context's namespace.
     pub fn kubeconfig(&self, token: &str, namespace: &str) -> String {
         kubeconfig(
