@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use erlbridge_proto::v1 as pb;
-use tokio_stream_lite::next_event;
 use tonic::transport::Channel;
 
 /// The environment variable that overrides the socket path.
@@ -121,7 +120,7 @@ impl Session {
             }
             Err(status) => return Err(refused("a session", status)),
         };
-        match next_event(&mut events).await {
+        match events.message().await.ok().flatten().and_then(|e| e.event) {
             Some(pb::session_event::Event::Opened(opened)) => Ok(Session {
                 client,
                 id: opened.session_id,
@@ -236,15 +235,4 @@ fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> 
         cause = c.source();
     }
     None
-}
-
-/// Reading the first event without pulling in a stream-combinator crate.
-mod tokio_stream_lite {
-    use erlbridge_proto::v1 as pb;
-
-    pub async fn next_event(
-        events: &mut tonic::Streaming<pb::SessionEvent>,
-    ) -> Option<pb::session_event::Event> {
-        events.message().await.ok().flatten().and_then(|e| e.event)
-    }
 }

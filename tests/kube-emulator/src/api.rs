@@ -618,7 +618,7 @@ fn watch_pods(
             Some(rv) => store
                 .events_since(rv)
                 .into_iter()
-                .filter(|e| filter(&desc_of(&e.pod)))
+                .filter(|e| filter(&e.desc))
                 .map(|e| event_line(e.kind, &e.pod))
                 .collect(),
         };
@@ -641,7 +641,7 @@ fn watch_pods(
                 event = live.recv() => match event {
                     Ok(e) if e.rv > last => {
                         last = e.rv;
-                        if !filter(&desc_of(&e.pod)) {
+                        if !filter(&e.desc) {
                             continue;
                         }
                         event_line(e.kind, &e.pod)
@@ -665,25 +665,6 @@ fn watch_pods(
     let body =
         Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>));
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-/// The labels, name and namespace of a served pod, for filtering events.
-fn desc_of(pod: &k8s_openapi::api::core::v1::Pod) -> PodDesc {
-    PodDesc {
-        name: pod.metadata.name.clone().unwrap_or_default(),
-        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
-        ports: Vec::new(),
-        env: Default::default(),
-        ip: None,
-        netns: None,
-        phase: String::new(),
-        ready: false,
-        restarts: 0,
-        owner: None,
-        hostname: None,
-        subdomain: None,
-    }
 }
 
 async fn get_pod(

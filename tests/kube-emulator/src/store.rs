@@ -138,6 +138,8 @@ pub struct PodEvent {
     pub rv: u64,
     /// `ADDED`, `MODIFIED` or `DELETED`.
     pub kind: &'static str,
+    /// The pod as described when the change happened (for watch filters).
+    pub desc: PodDesc,
     /// The pod after the change (before, for DELETED).
     pub pod: Pod,
 }
@@ -203,6 +205,7 @@ impl Store {
         let event = PodEvent {
             rv,
             kind,
+            desc: stored.desc.clone(),
             pod: pod_json(&stored),
         };
         self.pods.insert(key, stored);
@@ -217,6 +220,7 @@ impl Store {
         let event = PodEvent {
             rv: stored.rv,
             kind: "DELETED",
+            desc: stored.desc.clone(),
             pod: pod_json(&stored),
         };
         self.events.push(event.clone());
