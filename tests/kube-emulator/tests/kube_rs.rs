@@ -17,16 +17,8 @@ fn pod(name: &str, ip: &str, app: &str) -> PodDesc {
         name: name.into(),
         namespace: "default".into(),
         labels: BTreeMap::from([("app".into(), app.into())]),
-        ports: vec![],
-        env: BTreeMap::new(),
         ip: Some(ip.parse().expect("an IP")),
-        netns: None,
-        phase: "Running".into(),
-        ready: true,
-        restarts: 0,
-        owner: None,
-        hostname: None,
-        subdomain: None,
+        ..PodDesc::default()
     }
 }
 
