@@ -1,51 +1,19 @@
 //! kube-rs (the client erlbridge uses) against the emulator, unprivileged and in-process:
 //! objects, lists, paging, watches, errors and the port-forward framing.
 
+#[allow(dead_code)] // each test binary uses its own part of it
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use erlbridge_kube_emulator::{Access, Emulator, PodDesc, SecretDesc, WorkloadDesc, WorkloadKind};
+use common::{connect, emulator, pod};
+use erlbridge_kube_emulator::{SecretDesc, WorkloadDesc, WorkloadKind};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn pod(name: &str, ip: &str, app: &str) -> PodDesc {
-    PodDesc {
-        name: name.into(),
-        namespace: "default".into(),
-        labels: BTreeMap::from([("app".into(), app.into())]),
-        ip: Some(ip.parse().expect("an IP")),
-        ..PodDesc::default()
-    }
-}
-
-async fn connect(emu: &Emulator, token: &str) -> kube::Client {
-    let kubeconfig = Kubeconfig::from_yaml(&emu.kubeconfig(token, "default")).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("config");
-    kube::Client::try_from(config).expect("client")
-}
-
-async fn emulator() -> Emulator {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let emu = Emulator::start("127.0.0.1:0".parse().expect("an address"), None)
-        .await
-        .expect("start");
-    emu.add_token("good", Access::Full);
-    emu.add_token("none", Access::Nothing);
-    for (i, app) in ["app", "app", "app", "web"].iter().enumerate() {
-        emu.apply_pod(pod(
-            &format!("{app}-{i}"),
-            &format!("127.0.0.{}", i + 1),
-            app,
-        ));
-    }
-    emu
-}
 
 #[tokio::test]
 async fn objects_lists_and_errors() {
