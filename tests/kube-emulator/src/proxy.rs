@@ -83,10 +83,16 @@ impl ConnectProxy {
         self.addr
     }
 
-    /// `http://[user:password@]IP:PORT`, as `proxy-url` and HTTPS_PROXY take it.
+    /// `http://[user:password@]IP:PORT`, as `proxy-url` and HTTPS_PROXY take it (the
+    /// credentials percent-encoded).
     pub fn url(&self) -> String {
         match &self.shared.credentials {
-            Some((user, password)) => format!("http://{user}:{password}@{}", self.addr),
+            Some((user, password)) => format!(
+                "http://{}:{}@{}",
+                percent_encode(user),
+                percent_encode(password),
+                self.addr
+            ),
             None => format!("http://{}", self.addr),
         }
     }
@@ -278,6 +284,18 @@ async fn pump(
         to.write_all(&buf[..n]).await?;
         count.fetch_add(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
     }
+}
+
+/// Everything but RFC 3986's unreserved characters as `%XX`, as URL userinfo needs.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `IP:PORT` or `[IPv6]:PORT` as is, else a name looked up from here.

@@ -7,13 +7,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{connect, emulator, pod};
+use common::{connect, echo_server, emulator, pod, shout};
 use erlbridge_kube_emulator::{SecretDesc, WorkloadDesc, WorkloadKind};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 #[tokio::test]
 async fn objects_lists_and_errors() {
@@ -168,34 +168,15 @@ async fn watches_report_changes_from_a_resource_version() {
 #[tokio::test]
 async fn port_forward_speaks_the_kubelets_framing() {
     let emu = emulator().await;
-    // A pod-side server: reads a line, answers it upper-cased, then closes.
-    let server = tokio::net::TcpListener::bind("127.0.0.5:0")
-        .await
-        .expect("bind");
-    let port = server.local_addr().unwrap().port();
+    let port = echo_server("127.0.0.5:0").await;
     emu.apply_pod(pod("echo", "127.0.0.5", "echo"));
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = server.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64];
-                let n = conn.read(&mut buf).await.unwrap_or(0);
-                let _ = conn.write_all(&buf[..n].to_ascii_uppercase()).await;
-            });
-        }
-    });
     let pods: Api<Pod> = Api::default_namespaced(connect(&emu, "good").await);
     let mut forward = pods
         .portforward("echo", &[port])
         .await
         .expect("portforward");
     let mut stream = forward.take_stream(port).expect("stream");
-    stream.write_all(b"hello pod\n").await.expect("write");
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
-        .await
-        .expect("the pod side closes, so the forward ends")
-        .expect("read");
-    assert_eq!(answer, "HELLO POD\n");
+    assert_eq!(shout(&mut stream).await, "HELLO POD\n");
     drop(stream);
     // The pod side ended, so the server closed the connection (kube-rs's own join then reports
     // that it could not send its Close, which is how it meets real kubelets too).

@@ -4,8 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use std::time::Duration;
+
 use erlbridge_kube_emulator::{Access, Emulator, PodDesc};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A running pod with label `app=APP`.
 pub fn pod(name: &str, ip: &str, app: &str) -> PodDesc {
@@ -101,4 +104,32 @@ pub fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write");
     path.to_string_lossy().into_owned()
+}
+
+/// A pod-side server on `addr`: reads a line, answers it upper-cased, then closes. Returns its
+/// port.
+pub async fn echo_server(addr: &str) -> u16 {
+    let server = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    let port = server.local_addr().expect("bound").port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = server.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let _ = conn.write_all(&buf[..n].to_ascii_uppercase()).await;
+            });
+        }
+    });
+    port
+}
+
+/// Sends `hello pod` through a forwarded stream to an [`echo_server`] and returns the answer.
+pub async fn shout(stream: &mut (impl AsyncRead + AsyncWrite + Unpin)) -> String {
+    stream.write_all(b"hello pod\n").await.expect("write");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+        .await
+        .expect("the pod side closes, so the forward ends")
+        .expect("read");
+    answer
 }
