@@ -182,7 +182,9 @@ impl Emulator {
 
     /// Accepts tokens the exec credential plugin mints from `issuer_file` (written here, with a
     /// new secret) for `user`, each valid for `validity` and then answered 401, with `access`.
-    /// Replaces any earlier issuer.
+    /// Replaces any earlier issuer. The plugin runs as the client's user, who must be able to
+    /// read the file (and write the plugin's log). kube-rs runs the plugin again whenever its
+    /// token expires within 60 s, so with a validity of seconds it runs before every request.
     pub fn enable_exec_logins(
         &self,
         issuer_file: &FsPath,
@@ -589,7 +591,6 @@ async fn gate(State(emu): State<Emulator>, mut req: Request, next: Next) -> Resp
             Value::Null,
         );
     };
-    req.extensions_mut().insert(caller.access.clone());
     req.extensions_mut().insert(caller);
     next.run(req).await
 }

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{client_for, client_in_context, emulator, kubectl, pod, write};
+use common::{client_for, client_in_context, emulator, kubectl, kubectl_pods, pod, write};
 use erlbridge_kube_emulator::credential::run_plugin;
 use erlbridge_kube_emulator::kubeconfig::{KubeContext, KubeUser, Kubeconfig};
 use erlbridge_kube_emulator::{Access, Emulator};
@@ -96,13 +96,7 @@ async fn exec_plugin_tokens_expire_and_clients_log_in_again_through_the_plugin()
     // kubectl runs the plugin too.
     let path = write(dir.path(), "kubeconfig", &kubeconfig);
     let before = lines(&log);
-    let (ok, out, err) = kubectl(
-        dir.path(),
-        &[],
-        &["--kubeconfig", &path, "get", "pods", "-o", "name"],
-    )
-    .await;
-    assert!(ok, "kubectl: {err}");
+    let out = kubectl_pods(dir.path(), &path).await;
     assert!(out.contains("pod/app-0"), "{out}");
     assert!(lines(&log) > before, "kubectl ran the plugin");
 }
@@ -131,13 +125,7 @@ async fn client_certificates_from_the_cluster_ca_log_in_with_their_access() {
 
     let dir = tempfile::tempdir().expect("dir");
     let path = write(dir.path(), "kubeconfig", &kubeconfig);
-    let (ok, out, err) = kubectl(
-        dir.path(),
-        &[],
-        &["--kubeconfig", &path, "get", "pods", "-o", "name"],
-    )
-    .await;
-    assert!(ok, "kubectl: {err}");
+    let out = kubectl_pods(dir.path(), &path).await;
     assert_eq!(out.lines().count(), 4, "{out}");
 
     // A certificate another CA signed does not get through the handshake.
@@ -208,13 +196,13 @@ async fn service_account_files_log_in_and_rotate() {
         .expect("the rotated token logs in");
 
     let path = write(dir.path(), "kubeconfig", &kubeconfig);
-    let (ok, out, err) = kubectl(
+    let out = kubectl(
         dir.path(),
         &[],
         &["--kubeconfig", &path, "get", "pod", "app-0", "-o", "name"],
     )
     .await;
-    assert!(ok && out.contains("pod/app-0"), "kubectl: {err}");
+    assert!(out.contains("pod/app-0"), "{out}");
 }
 
 /// Two clusters, each with its own token and pods.
@@ -264,19 +252,16 @@ async fn several_contexts_in_one_file_or_across_files_as_kubectl_merges_them() {
 
     let joined = files.join(":");
     let env = [("KUBECONFIG", joined.as_str())];
-    let (ok, out, err) = kubectl(dir.path(), &env, &["config", "current-context"]).await;
-    assert!(ok, "kubectl: {err}");
+    let out = kubectl(dir.path(), &env, &["config", "current-context"]).await;
     assert_eq!(out.trim(), "one");
-    let (ok, out, err) = kubectl(
+    let out = kubectl(
         dir.path(),
         &env,
         &["--context", "two", "get", "pods", "-o", "name"],
     )
     .await;
-    assert!(ok, "kubectl: {err}");
     assert!(out.contains("pod/only-in-two"), "{out}");
-    let (ok, out, err) = kubectl(dir.path(), &env, &["get", "pods", "-o", "name"]).await;
-    assert!(ok, "kubectl: {err}");
+    let out = kubectl(dir.path(), &env, &["get", "pods", "-o", "name"]).await;
     assert!(
         !out.contains("only-in-two") && out.contains("pod/app-0"),
         "{out}"

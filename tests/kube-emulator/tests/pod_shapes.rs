@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{connect, echo_server, emulator, kubectl, shout, write};
+use common::{connect, echo_server, emulator, forward_and_shout, kubectl, write};
 use erlbridge_kube_emulator::store::PortDesc;
 use erlbridge_kube_emulator::{ContainerDesc, IpFamily, PodDesc};
 use k8s_openapi::api::core::v1::Pod;
@@ -104,13 +104,12 @@ async fn sidecars_come_first_and_the_erlang_container_keeps_its_own_shape() {
     let dir = tempfile::tempdir().expect("dir");
     let path = write(dir.path(), "kubeconfig", &emu.kubeconfig("good", "default"));
     let jsonpath = "-o=jsonpath={.spec.containers[*].name} {.status.podIPs[*].ip}";
-    let (ok, out, err) = kubectl(
+    let out = kubectl(
         dir.path(),
         &[],
         &["--kubeconfig", &path, "get", "pod", "rel-0", jsonpath],
     )
     .await;
-    assert!(ok, "kubectl: {err}");
     assert_eq!(out, "envoy release 10.244.1.8 fd00::8");
 }
 
@@ -124,10 +123,8 @@ async fn port_forward_falls_back_to_ipv6_loopback_when_ipv4_refuses() {
         ..PodDesc::default()
     });
     let pods: Api<Pod> = Api::default_namespaced(connect(&emu, "good").await);
-    let mut forward = pods
-        .portforward("v6-only", &[port])
-        .await
-        .expect("portforward");
-    let mut stream = forward.take_stream(port).expect("stream");
-    assert_eq!(shout(&mut stream).await, "HELLO POD\n");
+    assert_eq!(
+        forward_and_shout(&pods, "v6-only", port).await,
+        "HELLO POD\n"
+    );
 }

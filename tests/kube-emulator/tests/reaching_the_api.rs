@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client_for, connect, echo_server, kubectl, pod, populate, shout, tls, write};
+use common::{
+    client_for, connect, echo_server, forward_and_shout, kubectl_pods, pod, populate, tls, write,
+};
 use erlbridge_kube_emulator::kubeconfig::{KubeCluster, KubeContext, KubeUser, Kubeconfig};
 use erlbridge_kube_emulator::{AccessReviews, ConnectProxy, Emulator, StartOptions};
 use futures::{StreamExt, TryStreamExt};
@@ -60,12 +62,7 @@ async fn behind_a_path_prefix_every_route_carries_it() {
         events.try_next().await,
         Ok(Some(WatchEvent::Added(_)))
     ));
-    let mut forward = pods
-        .portforward("echo", &[port])
-        .await
-        .expect("upgrade under the prefix");
-    let mut stream = forward.take_stream(port).expect("stream");
-    assert_eq!(shout(&mut stream).await, "HELLO POD\n");
+    assert_eq!(forward_and_shout(&pods, "echo", port).await, "HELLO POD\n");
 
     // The same server without the prefix: nothing there.
     let bare = format!("https://{}", emu.addr());
@@ -78,13 +75,7 @@ async fn behind_a_path_prefix_every_route_carries_it() {
 
     let dir = tempfile::tempdir().expect("dir");
     let path = write(dir.path(), "kubeconfig", &emu.kubeconfig("good", "default"));
-    let (ok, out, err) = kubectl(
-        dir.path(),
-        &[],
-        &["--kubeconfig", &path, "get", "pods", "-o", "name"],
-    )
-    .await;
-    assert!(ok, "kubectl: {err}");
+    let out = kubectl_pods(dir.path(), &path).await;
     assert!(out.contains("pod/app-0"), "{out}");
 }
 
@@ -110,12 +101,7 @@ async fn kube_rs_and_kubectl_reach_the_api_through_the_connect_proxy() {
             .len(),
         5
     );
-    let mut forward = pods
-        .portforward("echo", &[port])
-        .await
-        .expect("portforward");
-    let mut stream = forward.take_stream(port).expect("stream");
-    assert_eq!(shout(&mut stream).await, "HELLO POD\n");
+    assert_eq!(forward_and_shout(&pods, "echo", port).await, "HELLO POD\n");
     let tunnels = proxy.tunnels();
     assert!(!tunnels.is_empty());
     for tunnel in &tunnels {
@@ -149,13 +135,7 @@ async fn kube_rs_and_kubectl_reach_the_api_through_the_connect_proxy() {
     let dir = tempfile::tempdir().expect("dir");
     let path = write(dir.path(), "kubeconfig", &kubeconfig);
     let before = proxy.tunnels().len();
-    let (ok, out, err) = kubectl(
-        dir.path(),
-        &[],
-        &["--kubeconfig", &path, "get", "pods", "-o", "name"],
-    )
-    .await;
-    assert!(ok, "kubectl: {err}");
+    let out = kubectl_pods(dir.path(), &path).await;
     assert!(out.contains("pod/echo"), "{out}");
     assert!(
         proxy.tunnels().len() > before,

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{connect, emulator};
+use common::{connect, emulator, list_version};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
@@ -83,13 +83,7 @@ async fn the_watcher_lists_again_after_expiry_and_never_hears_of_a_silent_deleti
 async fn watches_from_a_resource_version_get_410_while_expired_and_before_a_compaction() {
     let emu = emulator().await;
     let pods: Api<Pod> = Api::default_namespaced(connect(&emu, "good").await);
-    let rv = pods
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .metadata
-        .resource_version
-        .expect("a version");
+    let rv = list_version(&pods).await;
 
     // A live watch ends with the error, then the stream ends.
     let mut live = pods
@@ -143,13 +137,7 @@ async fn watches_from_a_resource_version_get_410_while_expired_and_before_a_comp
     // A silent deletion drops the history before it, window or not.
     let emu = emulator().await;
     let pods: Api<Pod> = Api::default_namespaced(connect(&emu, "good").await);
-    let before = pods
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .metadata
-        .resource_version
-        .expect("a version");
+    let before = list_version(&pods).await;
     assert!(emu.delete_pod_silently("default", "web-3"));
     let mut old = pods
         .watch(&WatchParams::default().timeout(30), &before)

@@ -7,6 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use erlbridge_kube_emulator::{Access, Emulator, PodDesc};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -73,13 +75,9 @@ pub fn populate(emu: &Emulator) {
     }
 }
 
-/// Runs kubectl with `env` (KUBECONFIG, ...), a scratch cache under `scratch`; returns whether
-/// it succeeded, its stdout and its stderr.
-pub async fn kubectl(
-    scratch: &Path,
-    env: &[(&str, &str)],
-    args: &[&str],
-) -> (bool, String, String) {
+/// Runs kubectl with `env` (KUBECONFIG, ...) and a scratch cache under `scratch`; returns its
+/// stdout, or panics with its stderr when it fails.
+pub async fn kubectl(scratch: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
     let out = tokio::process::Command::new("kubectl")
         .args(args)
         .arg("--cache-dir")
@@ -92,11 +90,23 @@ pub async fn kubectl(
         .output()
         .await
         .expect("kubectl runs");
-    (
+    assert!(
         out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl get pods -o name` with the kubeconfig at `path`.
+pub async fn kubectl_pods(scratch: &Path, kubeconfig: &str) -> String {
+    kubectl(
+        scratch,
+        &[],
+        &["--kubeconfig", kubeconfig, "get", "pods", "-o", "name"],
     )
+    .await
 }
 
 /// Writes `text` to `dir/name` and returns the path as a string.
@@ -132,4 +142,21 @@ pub async fn shout(stream: &mut (impl AsyncRead + AsyncWrite + Unpin)) -> String
         .expect("the pod side closes, so the forward ends")
         .expect("read");
     answer
+}
+
+/// Opens a port-forward to `port` of pod `name` and [`shout`]s through it.
+pub async fn forward_and_shout(pods: &Api<Pod>, name: &str, port: u16) -> String {
+    let mut forward = pods.portforward(name, &[port]).await.expect("portforward");
+    let mut stream = forward.take_stream(port).expect("stream");
+    shout(&mut stream).await
+}
+
+/// The resource version of a list of every pod.
+pub async fn list_version(pods: &Api<Pod>) -> String {
+    pods.list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("a version")
 }
