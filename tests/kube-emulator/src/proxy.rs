@@ -61,7 +61,7 @@ pub struct ConnectProxy {
 impl ConnectProxy {
     /// Starts listening on `addr` (inside `netns` when given), requiring `credentials`
     /// (user, password) when given. Must be called within a tokio runtime.
-    pub fn start(
+    pub async fn start(
         addr: SocketAddr,
         netns: Option<&str>,
         credentials: Option<(&str, &str)>,

@@ -89,6 +89,7 @@ async fn kube_rs_and_kubectl_reach_the_api_through_the_connect_proxy() {
         None,
         Some(("u", "p@ss")),
     )
+    .await
     .expect("proxy");
 
     let kubeconfig = with_token(emu.kube_cluster("proxied").with_proxy(&proxy.url()));

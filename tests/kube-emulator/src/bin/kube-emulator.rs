@@ -108,6 +108,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut cluster = emulator.kube_cluster("erlbridge-test");
     if let Some(addr) = args.proxy {
         let proxy = ConnectProxy::start(addr, args.netns.as_deref(), None)
+            .await
             .with_context(|| format!("cannot run the proxy on {addr}"))?;
         eprintln!("proxy on {}", proxy.url());
         cluster = cluster.with_proxy(&proxy.url());
