@@ -1,74 +1,83 @@
-//! The HTTP side: routes, authentication and authorization by bearer token, faults on demand,
-//! and every answer in the shape a real API server gives (objects, lists, watch events,
-//! `metav1.Status` errors).
+//! The HTTP side: the [`Emulator`] handle, serving (TLS, client certificates, an optional path
+//! prefix), routes, authentication and authorization, faults on demand, and every answer in
+//! the shape a real API server gives (objects, lists, watch events, `metav1.Status` errors).
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::Path as FsPath;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use base64::Engine as _;
-use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
+use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
-use crate::selector::Selector;
-use crate::store::{
-    PodDesc, PodEvent, SecretDesc, Store, WorkloadDesc, WorkloadKind, deployment_json,
-    statefulset_json,
-};
-use crate::tls::{Pki, kubeconfig};
+pub use crate::auth::Access;
+use crate::auth::{Caller, Logins, PeerCertificate, TOKEN_USER};
+use crate::credential::{CredentialError, TokenIssuer};
+use crate::kubeconfig::{KubeCluster, KubeContext, KubeUser, Kubeconfig};
+use crate::store::{PodDesc, PodEvent, SecretDesc, Store, WorkloadDesc};
+use crate::tls::{ClientCertificate, Pki, kubeconfig};
 
-/// What a token may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Access {
-    /// Everything.
-    Full,
-    /// Nothing but discovery (a valid token without RBAC rights).
-    Nothing,
-    /// Only these (verb, resource) pairs, e.g. ("list", "pods"), ("create", "pods/portforward").
-    Only(Vec<(String, String)>),
+/// How the emulator answers SelfSubjectAccessReviews.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AccessReviews {
+    /// Answered from the caller's [`Access`].
+    #[default]
+    Served,
+    /// Not served: 404, and discovery lists no `authorization.k8s.io` (as behind some proxies).
+    NotServed,
+    /// Served, but creating a review is forbidden (403).
+    Forbidden,
 }
 
-impl Access {
-    fn allows(&self, verb: &str, resource: &str) -> bool {
-        match self {
-            Access::Full => true,
-            Access::Nothing => false,
-            Access::Only(rules) => rules.iter().any(|(v, r)| v == verb && r == resource),
-        }
+/// How to start an emulator beyond its address.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    path_prefix: String,
+}
+
+impl StartOptions {
+    /// Serves every route only under `prefix` (e.g. `/k8s/clusters/c-abc`, as Rancher does);
+    /// everything else is 404. [`Emulator::server_url`] and kubeconfigs include it.
+    pub fn path_prefix(mut self, prefix: &str) -> StartOptions {
+        let trimmed = prefix.trim_end_matches('/');
+        self.path_prefix = if trimmed.is_empty() || trimmed.starts_with('/') {
+            trimmed.to_owned()
+        } else {
+            format!("/{trimmed}")
+        };
+        self
     }
 }
 
-/// The user every token stands for, as Forbidden messages name it.
-const USER: &str = "system:serviceaccount:default:tester";
-
 #[derive(Debug, Default)]
-struct Faults {
+pub(crate) struct Faults {
     fail: Option<(Instant, u16)>,
     stall: Option<Instant>,
+    pub(crate) expire_until: Option<Instant>,
 }
 
 pub(crate) struct Inner {
-    store: Mutex<Store>,
-    events: broadcast::Sender<PodEvent>,
-    tokens: Mutex<HashMap<String, Access>>,
-    faults: Mutex<Faults>,
+    pub(crate) store: Mutex<Store>,
+    pub(crate) events: broadcast::Sender<PodEvent>,
+    logins: Mutex<Logins>,
+    pub(crate) faults: Mutex<Faults>,
     pub(crate) forwards: watch::Sender<u64>,
     pub(crate) live_forwards: AtomicUsize,
+    pub(crate) expiry: watch::Sender<u64>,
+    pub(crate) access_reviews: Mutex<AccessReviews>,
     pki: Pki,
-    addr: SocketAddr,
-    bookmark_every: Duration,
+    pub(crate) addr: SocketAddr,
+    path_prefix: String,
+    pub(crate) bookmark_every: Duration,
 }
 
 /// A running emulator; clones share it. Lives as long as the tokio runtime it was started on.
@@ -77,7 +86,7 @@ pub struct Emulator {
     pub(crate) inner: Arc<Inner>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -85,18 +94,30 @@ impl Emulator {
     /// Starts serving HTTPS on `addr`, bound inside network namespace `netns` when given.
     /// Must be called within a tokio runtime.
     pub async fn start(addr: SocketAddr, netns: Option<&str>) -> anyhow::Result<Emulator> {
+        Emulator::start_with(addr, netns, StartOptions::default()).await
+    }
+
+    /// [`Emulator::start`] with options.
+    pub async fn start_with(
+        addr: SocketAddr,
+        netns: Option<&str>,
+        options: StartOptions,
+    ) -> anyhow::Result<Emulator> {
         let listener = crate::netns::bind(netns, addr)?;
         let addr = listener.local_addr()?;
         let emulator = Emulator {
             inner: Arc::new(Inner {
                 store: Mutex::new(Store::default()),
                 events: broadcast::channel(4096).0,
-                tokens: Mutex::new(HashMap::new()),
+                logins: Mutex::new(Logins::default()),
                 faults: Mutex::new(Faults::default()),
                 forwards: watch::channel(0).0,
                 live_forwards: AtomicUsize::new(0),
+                expiry: watch::channel(0).0,
+                access_reviews: Mutex::new(AccessReviews::default()),
                 pki: Pki::generate(addr)?,
                 addr,
+                path_prefix: options.path_prefix,
                 bookmark_every: Duration::from_secs(2),
             }),
         };
@@ -105,9 +126,19 @@ impl Emulator {
         Ok(emulator)
     }
 
-    /// `https://IP:PORT`.
+    /// `https://IP:PORT`, with the path prefix when there is one.
     pub fn server_url(&self) -> String {
-        format!("https://{}", self.inner.addr)
+        format!("https://{}{}", self.inner.addr, self.inner.path_prefix)
+    }
+
+    /// The address it listens on (`KUBERNETES_SERVICE_HOST`/`_PORT` for in-cluster clients).
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.inner.pki.ca_pem
     }
 
     /// A kubeconfig for `token` with `namespace` as the context's namespace.
@@ -121,14 +152,110 @@ impl Emulator {
         )
     }
 
+    /// This cluster as a kubeconfig entry named `name`, to combine with others in a
+    /// [`Kubeconfig`].
+    pub fn kube_cluster(&self, name: &str) -> KubeCluster {
+        KubeCluster::new(name, &self.server_url(), &self.inner.pki.ca_pem)
+    }
+
+    /// A one-context kubeconfig for `user`.
+    pub fn kubeconfig_for(&self, user: KubeUser, namespace: &str) -> String {
+        Kubeconfig::default()
+            .context(KubeContext::new(
+                "erlbridge-test",
+                self.kube_cluster("erlbridge-test"),
+                user,
+                namespace,
+            ))
+            .to_yaml()
+    }
+
     /// Accepts `token` with `access`.
     pub fn add_token(&self, token: &str, access: Access) {
-        lock(&self.inner.tokens).insert(token.to_owned(), access);
+        lock(&self.inner.logins).add_token(token, access);
     }
 
     /// Stops accepting `token` (it gets 401 from now on).
     pub fn revoke_token(&self, token: &str) {
-        lock(&self.inner.tokens).remove(token);
+        lock(&self.inner.logins).revoke_token(token);
+    }
+
+    /// Accepts tokens the exec credential plugin mints from `issuer_file` (written here, with a
+    /// new secret) for `user`, each valid for `validity` and then answered 401, with `access`.
+    /// Replaces any earlier issuer. The plugin runs as the client's user, who must be able to
+    /// read the file (and write the plugin's log). kube-rs runs the plugin again whenever its
+    /// token expires within 60 s, so with a validity of seconds it runs before every request.
+    pub fn enable_exec_logins(
+        &self,
+        issuer_file: &FsPath,
+        user: &str,
+        validity: Duration,
+        access: Access,
+    ) -> Result<(), CredentialError> {
+        let issuer = TokenIssuer::generate(user, validity)?;
+        issuer.write(issuer_file)?;
+        lock(&self.inner.logins).enable_exec(issuer, access);
+        Ok(())
+    }
+
+    /// A kubeconfig whose user runs the exec credential plugin `plugin` on `issuer_file`,
+    /// logging each call to `log` when given.
+    pub fn exec_kubeconfig(
+        &self,
+        plugin: &FsPath,
+        issuer_file: &FsPath,
+        log: Option<&FsPath>,
+        namespace: &str,
+    ) -> String {
+        let exec = crate::credential::exec_login(plugin, issuer_file, log);
+        self.kubeconfig_for(KubeUser::exec("exec-user", exec), namespace)
+    }
+
+    /// A client certificate for `user` (its common name), signed by the cluster's CA and
+    /// accepted with `access` (the user's access, also for certificates issued earlier).
+    pub fn issue_client_certificate(
+        &self,
+        user: &str,
+        access: Access,
+    ) -> anyhow::Result<ClientCertificate> {
+        let cert = self.inner.pki.issue_client_certificate(user)?;
+        lock(&self.inner.logins).add_certificate(cert.der.clone(), user, access);
+        Ok(cert)
+    }
+
+    /// A kubeconfig logging in as `user` with a new client certificate
+    /// (`client-certificate-data`/`client-key-data`) accepted with `access`.
+    pub fn client_certificate_kubeconfig(
+        &self,
+        user: &str,
+        access: Access,
+        namespace: &str,
+    ) -> anyhow::Result<String> {
+        let cert = self.issue_client_certificate(user, access)?;
+        Ok(self.kubeconfig_for(KubeUser::client_certificate(user, &cert), namespace))
+    }
+
+    /// Writes a service account's files into `dir` as a pod sees them at
+    /// `/var/run/secrets/kubernetes.io/serviceaccount`: `token`, `ca.crt` and `namespace`. Call
+    /// again with a new token to rotate it (each file is replaced whole, never seen half
+    /// written); the token must be added with [`Emulator::add_token`].
+    pub fn write_service_account(
+        &self,
+        dir: &FsPath,
+        token: &str,
+        namespace: &str,
+    ) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for (name, content) in [
+            ("ca.crt", self.inner.pki.ca_pem.as_str()),
+            ("namespace", namespace),
+            ("token", token),
+        ] {
+            let staged = dir.join(format!(".{name}.new"));
+            std::fs::write(&staged, content)?;
+            std::fs::rename(&staged, dir.join(name))?;
+        }
+        Ok(())
     }
 
     /// Creates or replaces a pod (watchers see ADDED or MODIFIED).
@@ -144,6 +271,13 @@ impl Emulator {
         };
         let _ = self.inner.events.send(event);
         true
+    }
+
+    /// Deletes a pod with no watch event ever sent for it, as if the deletion fell into a
+    /// compacted history: live watches never hear of it, a watch resumed from an older version
+    /// gets 410 Gone, lists no longer show it. False when there was none.
+    pub fn delete_pod_silently(&self, namespace: &str, name: &str) -> bool {
+        lock(&self.inner.store).delete_pod_silently(namespace, name)
     }
 
     /// The current description of a pod.
@@ -171,6 +305,19 @@ impl Emulator {
         lock(&self.inner.faults).stall = Some(Instant::now() + duration);
     }
 
+    /// Ends every live watch with an `ERROR` event carrying `410 Gone` (reason `Expired`), and
+    /// for `duration` gives the same to every new watch that starts from a resource version, as
+    /// an API server whose history was compacted; lists keep working.
+    pub fn expire_watches(&self, duration: Duration) {
+        lock(&self.inner.faults).expire_until = Some(Instant::now() + duration);
+        self.inner.expiry.send_modify(|generation| *generation += 1);
+    }
+
+    /// Sets how access reviews are answered.
+    pub fn set_access_reviews(&self, reviews: AccessReviews) {
+        *lock(&self.inner.access_reviews) = reviews;
+    }
+
     /// Cuts every live port-forward connection, as an API server restart or idle timeout does.
     pub fn drop_forwards(&self) {
         self.inner
@@ -192,7 +339,7 @@ async fn serve(listener: tokio::net::TcpListener, emulator: Emulator) {
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, router) = (acceptor.clone(), router.clone());
+        let (acceptor, router, emulator) = (acceptor.clone(), router.clone(), emulator.clone());
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
                 Ok(tls) => tls,
@@ -201,9 +348,32 @@ async fn serve(listener: tokio::net::TcpListener, emulator: Emulator) {
                     return;
                 }
             };
-            let service = hyper_util::service::TowerToHyperService::new(router);
+            // The acceptor verified it against the CA already; the gate looks up its user.
+            let cert = PeerCertificate(
+                tls.get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|c| c.to_vec()),
+            );
+            let service = tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(cert.clone());
+                let (router, emulator) = (router.clone(), emulator.clone());
+                async move {
+                    match strip_prefix(&emulator.inner.path_prefix, req.uri()) {
+                        Some(uri) => {
+                            *req.uri_mut() = uri;
+                            router.oneshot(req.map(axum::body::Body::new)).await
+                        }
+                        None => Ok(not_found_route()),
+                    }
+                }
+            });
             let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(tls),
+                    hyper_util::service::TowerToHyperService::new(service),
+                )
                 .with_upgrades();
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "connection ended");
@@ -212,17 +382,38 @@ async fn serve(listener: tokio::net::TcpListener, emulator: Emulator) {
     }
 }
 
+/// `uri` without `prefix`, or `None` when it is not under it.
+fn strip_prefix(prefix: &str, uri: &Uri) -> Option<Uri> {
+    if prefix.is_empty() {
+        return Some(uri.clone());
+    }
+    let path = uri.path().strip_prefix(prefix)?;
+    if !(path.is_empty() || path.starts_with('/')) {
+        return None;
+    }
+    let path = if path.is_empty() { "/" } else { path };
+    let rebuilt = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    rebuilt.parse().ok()
+}
+
 fn router(emulator: Emulator) -> Router {
+    use crate::{discovery, pods, workloads};
     Router::new()
-        .route("/version", get(version))
-        .route("/api", get(api_versions))
-        .route("/api/v1", get(core_v1))
-        .route("/apis", get(api_groups))
-        .route("/apis/apps/v1", get(apps_v1))
-        .route("/apis/authorization.k8s.io/v1", get(authorization_v1))
-        .route("/api/v1/pods", get(list_all_pods))
-        .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
-        .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
+        .route("/version", get(discovery::version))
+        .route("/api", get(discovery::api_versions))
+        .route("/api/v1", get(discovery::core_v1))
+        .route("/apis", get(discovery::api_groups))
+        .route("/apis/apps/v1", get(discovery::apps_v1))
+        .route(
+            "/apis/authorization.k8s.io/v1",
+            get(discovery::authorization_v1),
+        )
+        .route("/api/v1/pods", get(pods::list_all_pods))
+        .route("/api/v1/namespaces/{ns}/pods", get(pods::list_pods))
+        .route("/api/v1/namespaces/{ns}/pods/{name}", get(pods::get_pod))
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/portforward",
             get(crate::portforward::handler).post(crate::portforward::handler),
@@ -230,19 +421,19 @@ fn router(emulator: Emulator) -> Router {
         .route("/api/v1/namespaces/{ns}/secrets/{name}", get(get_secret))
         .route(
             "/apis/apps/v1/namespaces/{ns}/statefulsets",
-            get(list_statefulsets),
+            get(workloads::list_statefulsets),
         )
         .route(
             "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
-            get(get_statefulset),
+            get(workloads::get_statefulset),
         )
         .route(
             "/apis/apps/v1/namespaces/{ns}/deployments",
-            get(list_deployments),
+            get(workloads::list_deployments),
         )
         .route(
             "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
-            get(get_deployment),
+            get(workloads::get_deployment),
         )
         .route(
             "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
@@ -281,7 +472,17 @@ pub fn not_found(resource: &str, name: &str) -> Response {
     )
 }
 
-/// 403 as the RBAC authorizer words it.
+/// 404 for a path the server does not serve.
+pub fn not_found_route() -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "the server could not find the requested resource",
+        Value::Null,
+    )
+}
+
+/// 403 as the RBAC authorizer words it, for the test's token user.
 pub fn forbidden(
     verb: &str,
     resource: &str,
@@ -289,32 +490,63 @@ pub fn forbidden(
     namespace: &str,
     name: Option<&str>,
 ) -> Response {
+    forbidden_for(TOKEN_USER, verb, resource, group, namespace, name)
+}
+
+/// 403 as the RBAC authorizer words it, for `user`; an empty `namespace` is the cluster scope.
+pub fn forbidden_for(
+    user: &str,
+    verb: &str,
+    resource: &str,
+    group: &str,
+    namespace: &str,
+    name: Option<&str>,
+) -> Response {
     let (plural, sub) = resource.split_once('/').unwrap_or((resource, ""));
+    let qualified = if group.is_empty() {
+        plural.to_owned()
+    } else {
+        format!("{plural}.{group}")
+    };
     let subject = match name {
-        Some(n) => format!("{plural} \"{n}\""),
-        None => plural.to_owned(),
+        Some(n) => format!("{qualified} \"{n}\""),
+        None => qualified,
     };
     let what = if sub.is_empty() {
         plural.to_owned()
     } else {
         format!("{plural}/{sub}")
     };
+    let scope = if namespace.is_empty() {
+        "at the cluster scope".to_owned()
+    } else {
+        format!("in the namespace \"{namespace}\"")
+    };
     status(
         StatusCode::FORBIDDEN,
         "Forbidden",
         format!(
-            "{subject} is forbidden: User \"{USER}\" cannot {verb} resource \"{what}\" in API group \"{group}\" in the namespace \"{namespace}\""
+            "{subject} is forbidden: User \"{user}\" cannot {verb} resource \"{what}\" in API group \"{group}\" {scope}"
         ),
         json!({"name": name.unwrap_or_default(), "group": group, "kind": plural}),
     )
 }
 
-fn bad_request(message: impl Into<String>) -> Response {
-    status(StatusCode::BAD_REQUEST, "BadRequest", message, Value::Null)
+/// The Forbidden answer, unless the caller may do `verb` on `resource`.
+pub(crate) fn forbid_unless(
+    caller: &Caller,
+    verb: &str,
+    resource: &str,
+    group: &str,
+    ns: &str,
+    name: Option<&str>,
+) -> Option<Response> {
+    (!caller.access.allows(verb, resource))
+        .then(|| forbidden_for(&caller.user, verb, resource, group, ns, name))
 }
 
-/// Faults first, then authentication: a valid bearer token, whose access goes into the
-/// request's extensions for the handlers' authorization.
+/// Faults first, then authentication: a client certificate or bearer token, whose caller goes
+/// into the request's extensions for the handlers' authorization.
 async fn gate(State(emu): State<Emulator>, mut req: Request, next: Next) -> Response {
     let stall = lock(&emu.inner.faults).stall;
     if let Some(until) = stall {
@@ -340,14 +572,18 @@ async fn gate(State(emu): State<Emulator>, mut req: Request, next: Next) -> Resp
     if req.uri().path() == "/version" {
         return next.run(req).await;
     }
-    let token = req
+    let cert = req
+        .extensions()
+        .get::<PeerCertificate>()
+        .cloned()
+        .unwrap_or_default();
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let access = token.and_then(|t| lock(&emu.inner.tokens).get(&t).cloned());
-    let Some(access) = access else {
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let caller = lock(&emu.inner.logins).authenticate(&cert, bearer);
+    let Some(caller) = caller else {
         return status(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
@@ -355,338 +591,21 @@ async fn gate(State(emu): State<Emulator>, mut req: Request, next: Next) -> Resp
             Value::Null,
         );
     };
-    req.extensions_mut().insert(access);
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 
 async fn fallback(req: Request) -> Response {
     warn!(path = %req.uri().path(), "no such route");
-    status(
-        StatusCode::NOT_FOUND,
-        "NotFound",
-        "the server could not find the requested resource",
-        Value::Null,
-    )
-}
-
-async fn version() -> Json<Value> {
-    Json(json!({
-        "major": "1", "minor": "33", "gitVersion": "v1.33.0-erlbridge-emulator",
-        "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc",
-        "platform": "linux/amd64",
-    }))
-}
-
-async fn api_versions(State(emu): State<Emulator>) -> Json<Value> {
-    Json(json!({
-        "kind": "APIVersions", "versions": ["v1"],
-        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": emu.inner.addr.to_string()}],
-    }))
-}
-
-fn resource(name: &str, kind: &str, namespaced: bool, verbs: &[&str], short: &[&str]) -> Value {
-    let mut r = json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": verbs});
-    if !short.is_empty() {
-        r["shortNames"] = json!(short);
-    }
-    r
-}
-
-async fn core_v1() -> Json<Value> {
-    Json(json!({
-        "kind": "APIResourceList", "groupVersion": "v1",
-        "resources": [
-            resource("pods", "Pod", true, &["get", "list", "watch"], &["po"]),
-            resource("pods/portforward", "PodPortForwardOptions", true, &["create", "get"], &[]),
-            resource("secrets", "Secret", true, &["get"], &[]),
-        ],
-    }))
-}
-
-async fn api_groups() -> Json<Value> {
-    let apps = json!({"groupVersion": "apps/v1", "version": "v1"});
-    let authz = json!({"groupVersion": "authorization.k8s.io/v1", "version": "v1"});
-    Json(json!({
-        "kind": "APIGroupList", "apiVersion": "v1",
-        "groups": [
-            {"name": "apps", "versions": [apps], "preferredVersion": apps},
-            {"name": "authorization.k8s.io", "versions": [authz], "preferredVersion": authz},
-        ],
-    }))
-}
-
-async fn apps_v1() -> Json<Value> {
-    Json(json!({
-        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "apps/v1",
-        "resources": [
-            resource("statefulsets", "StatefulSet", true, &["get", "list"], &["sts"]),
-            resource("deployments", "Deployment", true, &["get", "list"], &["deploy"]),
-        ],
-    }))
-}
-
-async fn authorization_v1() -> Json<Value> {
-    Json(json!({
-        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "authorization.k8s.io/v1",
-        "resources": [resource("selfsubjectaccessreviews", "SelfSubjectAccessReview", false, &["create"], &[])],
-    }))
-}
-
-/// Query parameters of list and watch calls.
-type Params = Query<HashMap<String, String>>;
-
-/// The Forbidden answer, unless `access` allows `verb` on `resource`.
-fn forbid_unless(
-    access: &Access,
-    verb: &str,
-    resource: &str,
-    group: &str,
-    ns: &str,
-    name: Option<&str>,
-) -> Option<Response> {
-    (!access.allows(verb, resource)).then(|| forbidden(verb, resource, group, ns, name))
-}
-
-async fn list_all_pods(
-    State(emu): State<Emulator>,
-    Extension(access): Extension<Access>,
-    params: Params,
-) -> Response {
-    pods(emu, access, None, params.0).await
-}
-
-async fn list_pods(
-    State(emu): State<Emulator>,
-    Extension(access): Extension<Access>,
-    Path(ns): Path<String>,
-    params: Params,
-) -> Response {
-    pods(emu, access, Some(ns), params.0).await
-}
-
-/// A field selector on `metadata.name` / `metadata.namespace`, the ones clients use on pods.
-fn field_filter(text: &str) -> Result<Vec<(String, String, bool)>, String> {
-    text.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|part| {
-            let (key, value, equal) = match part.split_once("!=") {
-                Some((k, v)) => (k, v, false),
-                None => {
-                    let (k, v) = part
-                        .split_once("==")
-                        .or_else(|| part.split_once('='))
-                        .ok_or_else(|| format!("invalid field selector: {part:?}"))?;
-                    (k, v, true)
-                }
-            };
-            match key {
-                "metadata.name" | "metadata.namespace" => Ok((key.to_owned(), value.to_owned(), equal)),
-                _ => Err(format!("\"{key}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\"")),
-            }
-        })
-        .collect()
-}
-
-fn fields_match(fields: &[(String, String, bool)], desc: &PodDesc) -> bool {
-    fields.iter().all(|(key, value, equal)| {
-        let actual = if key == "metadata.name" {
-            &desc.name
-        } else {
-            &desc.namespace
-        };
-        (actual == value) == *equal
-    })
-}
-
-async fn pods(
-    emu: Emulator,
-    access: Access,
-    ns: Option<String>,
-    params: HashMap<String, String>,
-) -> Response {
-    let watching = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
-    let verb = if watching { "watch" } else { "list" };
-    if let Some(r) = forbid_unless(&access, verb, "pods", "", ns.as_deref().unwrap_or(""), None) {
-        return r;
-    }
-    let selector = match Selector::parse(params.get("labelSelector").map_or("", String::as_str)) {
-        Ok(s) => s,
-        Err(e) => return bad_request(format!("unable to parse requirement: {e}")),
-    };
-    let fields = match field_filter(params.get("fieldSelector").map_or("", String::as_str)) {
-        Ok(f) => f,
-        Err(e) => return bad_request(e),
-    };
-    let filter = move |desc: &PodDesc| {
-        ns.as_deref().is_none_or(|n| desc.namespace == n)
-            && selector.matches(&desc.labels)
-            && fields_match(&fields, desc)
-    };
-    if watching {
-        let rv = params
-            .get("resourceVersion")
-            .and_then(|v| v.parse().ok())
-            .filter(|v| *v > 0);
-        let timeout = params
-            .get("timeoutSeconds")
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_secs);
-        let bookmarks = params
-            .get("allowWatchBookmarks")
-            .is_some_and(|v| v == "true");
-        return watch_pods(emu, Box::new(filter), rv, timeout, bookmarks);
-    }
-
-    let (items, rv) = {
-        let store = lock(&emu.inner.store);
-        let items: Vec<_> = store
-            .pods(None)
-            .into_iter()
-            .filter(|(d, _)| filter(d))
-            .map(|(_, p)| p)
-            .collect();
-        (items, store.resource_version())
-    };
-    let offset: usize = match params.get("continue") {
-        None => 0,
-        Some(token) => match decode_continue(token) {
-            Some(offset) => offset,
-            None => {
-                return status(
-                    StatusCode::GONE,
-                    "Expired",
-                    "the provided continue parameter is too old or malformed",
-                    Value::Null,
-                );
-            }
-        },
-    };
-    let limit = params
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .filter(|l| *l > 0);
-    let end = limit.map_or(items.len(), |l| (offset + l).min(items.len()));
-    let page: Vec<_> = items.get(offset..end).unwrap_or_default().to_vec();
-    let mut metadata = json!({"resourceVersion": rv.to_string()});
-    if end < items.len() {
-        metadata["continue"] = json!(encode_continue(end));
-        metadata["remainingItemCount"] = json!(items.len() - end);
-    }
-    Json(json!({"kind": "PodList", "apiVersion": "v1", "metadata": metadata, "items": page}))
-        .into_response()
-}
-
-fn encode_continue(offset: usize) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("{{\"offset\":{offset}}}"))
-}
-
-fn decode_continue(token: &str) -> Option<usize> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(token)
-        .ok()?;
-    let value: Value = serde_json::from_slice(&bytes).ok()?;
-    usize::try_from(value.get("offset")?.as_u64()?).ok()
-}
-
-type PodFilter = Box<dyn Fn(&PodDesc) -> bool + Send + Sync>;
-
-fn event_line(kind: &str, object: &impl serde::Serialize) -> axum::body::Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-    line.push(b'\n');
-    line.into()
-}
-
-fn watch_pods(
-    emu: Emulator,
-    filter: PodFilter,
-    rv: Option<u64>,
-    timeout: Option<Duration>,
-    bookmarks: bool,
-) -> Response {
-    // Subscribe before reading the store, so no change falls between the two.
-    let mut live = emu.inner.events.subscribe();
-    let (initial, mut last) = {
-        let store = lock(&emu.inner.store);
-        let initial: Vec<_> = match rv {
-            None => store
-                .pods(None)
-                .into_iter()
-                .filter(|(d, _)| filter(d))
-                .map(|(_, pod)| event_line("ADDED", &pod))
-                .collect(),
-            Some(rv) => store
-                .events_since(rv)
-                .into_iter()
-                .filter(|e| filter(&e.desc))
-                .map(|e| event_line(e.kind, &e.pod))
-                .collect(),
-        };
-        (initial, store.resource_version())
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel::<axum::body::Bytes>(64);
-    let every = emu.inner.bookmark_every;
-    tokio::spawn(async move {
-        for line in initial {
-            if tx.send(line).await.is_err() {
-                return;
-            }
-        }
-        let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::from_secs(3600)));
-        tokio::pin!(deadline);
-        let mut ticks = tokio::time::interval(every);
-        ticks.tick().await;
-        loop {
-            let line = tokio::select! {
-                event = live.recv() => match event {
-                    Ok(e) if e.rv > last => {
-                        last = e.rv;
-                        if !filter(&e.desc) {
-                            continue;
-                        }
-                        event_line(e.kind, &e.pod)
-                    }
-                    Ok(_) => continue,
-                    // Too slow a reader: end the watch; the client lists and watches again.
-                    Err(_) => return,
-                },
-                _ = ticks.tick(), if bookmarks => {
-                    let rv = lock(&emu.inner.store).resource_version();
-                    event_line("BOOKMARK", &json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}}))
-                }
-                () = &mut deadline => return,
-                () = tx.closed() => return,
-            };
-            if tx.send(line).await.is_err() {
-                return;
-            }
-        }
-    });
-    let body =
-        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>));
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-async fn get_pod(
-    State(emu): State<Emulator>,
-    Extension(access): Extension<Access>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Response {
-    if let Some(r) = forbid_unless(&access, "get", "pods", "", &ns, Some(&name)) {
-        return r;
-    }
-    match lock(&emu.inner.store).pod(&ns, &name) {
-        Some(pod) => Json(pod).into_response(),
-        None => not_found("pods", &name),
-    }
+    not_found_route()
 }
 
 async fn get_secret(
     State(emu): State<Emulator>,
-    Extension(access): Extension<Access>,
+    Extension(caller): Extension<Caller>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    if let Some(r) = forbid_unless(&access, "get", "secrets", "", &ns, Some(&name)) {
+    if let Some(r) = forbid_unless(&caller, "get", "secrets", "", &ns, Some(&name)) {
         return r;
     }
     match lock(&emu.inner.store).secret(&ns, &name) {
@@ -695,107 +614,62 @@ async fn get_secret(
     }
 }
 
-fn workload_json(kind: WorkloadKind, w: &WorkloadDesc, rv: u64) -> Value {
-    match kind {
-        WorkloadKind::StatefulSet => serde_json::to_value(statefulset_json(w, rv)),
-        WorkloadKind::Deployment => serde_json::to_value(deployment_json(w, rv)),
-    }
-    .unwrap_or_default()
-}
-
-fn plural(kind: WorkloadKind) -> &'static str {
-    match kind {
-        WorkloadKind::StatefulSet => "statefulsets",
-        WorkloadKind::Deployment => "deployments",
-    }
-}
-
-fn get_workload(
-    emu: &Emulator,
-    access: &Access,
-    kind: WorkloadKind,
-    ns: &str,
-    name: &str,
-) -> Response {
-    if let Some(r) = forbid_unless(access, "get", plural(kind), "apps", ns, Some(name)) {
-        return r;
-    }
-    let found = lock(&emu.inner.store)
-        .workloads(kind, Some(ns))
-        .into_iter()
-        .find(|(w, _)| w.name == name);
-    match found {
-        Some((w, rv)) => Json(workload_json(kind, &w, rv)).into_response(),
-        None => not_found(&format!("{}.apps", plural(kind)), name),
-    }
-}
-
-fn list_workloads(emu: &Emulator, access: &Access, kind: WorkloadKind, ns: &str) -> Response {
-    if let Some(r) = forbid_unless(access, "list", plural(kind), "apps", ns, None) {
-        return r;
-    }
-    let store = lock(&emu.inner.store);
-    let items: Vec<Value> = store
-        .workloads(kind, Some(ns))
-        .iter()
-        .map(|(w, rv)| workload_json(kind, w, *rv))
-        .collect();
-    let list_kind = match kind {
-        WorkloadKind::StatefulSet => "StatefulSetList",
-        WorkloadKind::Deployment => "DeploymentList",
-    };
-    Json(json!({"kind": list_kind, "apiVersion": "apps/v1",
-        "metadata": {"resourceVersion": store.resource_version().to_string()}, "items": items}))
-    .into_response()
-}
-
-async fn get_statefulset(
-    State(emu): State<Emulator>,
-    Extension(access): Extension<Access>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Response {
-    get_workload(&emu, &access, WorkloadKind::StatefulSet, &ns, &name)
-}
-
-async fn get_deployment(
-    State(emu): State<Emulator>,
-    Extension(access): Extension<Access>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Response {
-    get_workload(&emu, &access, WorkloadKind::Deployment, &ns, &name)
-}
-
-async fn list_statefulsets(
-    State(emu): State<Emulator>,
-    Extension(access): Extension<Access>,
-    Path(ns): Path<String>,
-) -> Response {
-    list_workloads(&emu, &access, WorkloadKind::StatefulSet, &ns)
-}
-
-async fn list_deployments(
-    State(emu): State<Emulator>,
-    Extension(access): Extension<Access>,
-    Path(ns): Path<String>,
-) -> Response {
-    list_workloads(&emu, &access, WorkloadKind::Deployment, &ns)
-}
-
 /// SelfSubjectAccessReview: may the caller do this?
 async fn access_review(
-    Extension(access): Extension<Access>,
+    State(emu): State<Emulator>,
+    Extension(caller): Extension<Caller>,
     Json(mut review): Json<Value>,
 ) -> Response {
+    match *lock(&emu.inner.access_reviews) {
+        AccessReviews::Served => {}
+        AccessReviews::NotServed => return not_found_route(),
+        AccessReviews::Forbidden => {
+            return forbidden_for(
+                &caller.user,
+                "create",
+                "selfsubjectaccessreviews",
+                "authorization.k8s.io",
+                "",
+                None,
+            );
+        }
+    }
     let attrs = &review["spec"]["resourceAttributes"];
     let verb = attrs["verb"].as_str().unwrap_or_default().to_owned();
     let mut resource = attrs["resource"].as_str().unwrap_or_default().to_owned();
     if let Some(sub) = attrs["subresource"].as_str().filter(|s| !s.is_empty()) {
         resource = format!("{resource}/{sub}");
     }
-    let allowed = access.allows(&verb, &resource);
+    let allowed = caller.access.allows(&verb, &resource);
     review["status"] = json!({"allowed": allowed});
     if !allowed {
         review["status"]["reason"] = json!(format!("no RBAC rule allows {verb} on {resource}"));
     }
     (StatusCode::CREATED, Json(review)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_under_the_prefix_are_served() {
+        let uri = |s: &str| s.parse::<Uri>().expect("a uri");
+        let prefix = "/k8s/clusters/c-abc";
+        assert_eq!(
+            strip_prefix(prefix, &uri("/k8s/clusters/c-abc/api/v1/pods?watch=1")),
+            Some(uri("/api/v1/pods?watch=1"))
+        );
+        assert_eq!(
+            strip_prefix(prefix, &uri("/k8s/clusters/c-abc")),
+            Some(uri("/"))
+        );
+        assert_eq!(strip_prefix(prefix, &uri("/k8s/clusters/c-abcd/api")), None);
+        assert_eq!(strip_prefix(prefix, &uri("/api/v1/pods")), None);
+        assert_eq!(strip_prefix("", &uri("/api")), Some(uri("/api")));
+        assert_eq!(
+            StartOptions::default().path_prefix("k8s/x/").path_prefix,
+            "/k8s/x"
+        );
+    }
 }

@@ -11,6 +11,14 @@
 //! ports = [{ name = "epmd", port = 4369 }]
 //! env = { RELEASE_NODE = "app@$(POD_IP)", RELEASE_COOKIE = "secret", ERL_DIST_PORT = "9100" }
 //!
+//! [[deployments]]
+//! name = "noepmd"
+//! labels = { app = "noepmd" }
+//! ip_family = "DualStack"                       # or "IPv4" (the default), "IPv6"
+//! container = "release"                         # the Erlang container's name
+//! args = ["-start_epmd", "false"]
+//! sidecars = [{ name = "proxy", ports = [{ name = "http", port = 8080 }] }]
+//!
 //! [[secrets]]
 //! name = "app-cookie"
 //! data = { cookie = "secret" }
@@ -20,7 +28,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::store::{PodDesc, PortDesc, SecretDesc, WorkloadDesc, WorkloadKind};
+use crate::store::{
+    ContainerDesc, IpFamily, PodDesc, PortDesc, SecretDesc, WorkloadDesc, WorkloadKind,
+};
 
 /// A whole manifest.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -63,6 +73,21 @@ pub struct Workload {
     /// The container's environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The pods' address families.
+    #[serde(default)]
+    pub ip_family: IpFamily,
+    /// The Erlang container's name (`app` when not given).
+    #[serde(default)]
+    pub container: Option<String>,
+    /// The Erlang container's `command`.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The Erlang container's `args`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Other containers, listed before the Erlang one.
+    #[serde(default)]
+    pub sidecars: Vec<ContainerDesc>,
 }
 
 fn default_namespace() -> String {
@@ -132,12 +157,13 @@ impl Workload {
             labels: self.labels.clone(),
             ports: self.ports.clone(),
             env: self.env.clone(),
-            ip: None,
-            netns: None,
-            phase: "Running".to_owned(),
-            ready: true,
-            restarts: 0,
+            ip_family: self.ip_family,
+            container: self.container.clone(),
+            command: self.command.clone(),
+            args: self.args.clone(),
+            sidecars: self.sidecars.clone(),
             owner: Some((kind_name.to_owned(), self.name.clone())),
+            ..PodDesc::default()
         }
     }
 }
@@ -176,5 +202,38 @@ mod tests {
         let vars = BTreeMap::from([("POD_IP".to_owned(), "10.244.1.9".to_owned())]);
         assert_eq!(expand(&pod.env["RELEASE_NODE"], &vars), "app@10.244.1.9");
         assert!(Manifest::parse("[[statefulset]]\nname = \"x\"").is_err());
+        assert_eq!(
+            (pod.ip_family, pod.container_name()),
+            (IpFamily::IPv4, "app")
+        );
+    }
+
+    #[test]
+    fn pod_shapes_are_read_from_the_manifest() {
+        let m = Manifest::parse(
+            r#"
+            [[deployments]]
+            name = "rel"
+            labels = { app = "rel" }
+            ip_family = "DualStack"
+            container = "release"
+            command = ["/app/bin/rel"]
+            args = ["start", "-start_epmd", "false"]
+            sidecars = [{ name = "envoy", ports = [{ name = "http", port = 8080 }], env = { A = "b" } }]
+
+            [[pods]]
+            name = "v6"
+            ip_family = "IPv6"
+            "#,
+        )
+        .expect("valid");
+        let (kind, w) = m.workloads()[0];
+        let pod = w.pod(kind, 0);
+        assert_eq!(pod.ip_family, IpFamily::DualStack);
+        assert_eq!(pod.container_name(), "release");
+        assert_eq!(pod.args, ["start", "-start_epmd", "false"]);
+        assert_eq!(pod.sidecars[0].name, "envoy");
+        assert_eq!(pod.sidecars[0].ports[0].port, 8080);
+        assert_eq!(m.pods[0].ip_family, IpFamily::IPv6);
     }
 }

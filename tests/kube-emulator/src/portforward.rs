@@ -2,10 +2,12 @@
 //! i-th requested port, channel 2i carries data and 2i+1 errors; the first frame on each is the
 //! port as u16 little-endian; every frame is one channel byte then payload. Each port's stream
 //! is relayed to 127.0.0.1:PORT inside the pod's network namespace (so a listener bound only to
-//! the pod IP is unreachable, as with a real kubelet). The connection closes once every
-//! pod-side stream has ended.
+//! the pod IP is unreachable, as with a real kubelet), or to [::1]:PORT when that is refused (as
+//! kubelets do for IPv6-only listeners). The connection closes once every pod-side stream has
+//! ended.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 
 use axum::Extension;
@@ -20,7 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::api::{Access, Emulator, forbidden, not_found, status};
+use crate::api::{Emulator, forbid_unless, not_found, status};
+use crate::auth::Caller;
 
 /// The subprotocol the emulated kubelet speaks.
 pub const PROTOCOL: &str = "v4.channel.k8s.io";
@@ -34,6 +37,19 @@ fn target(desc: &crate::PodDesc, port: u16) -> (Option<String>, SocketAddr) {
         ),
         (None, Some(ip)) => (None, SocketAddr::new(ip, port)),
         (None, None) => (None, SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+    }
+}
+
+/// Dials a pod's port: the target, then [::1] when 127.0.0.1 refused.
+async fn dial(netns: Option<String>, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+    match crate::netns::connect(netns.clone(), addr).await {
+        Err(e)
+            if e.kind() == io::ErrorKind::ConnectionRefused && addr.ip() == Ipv4Addr::LOCALHOST =>
+        {
+            let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()));
+            crate::netns::connect(netns, v6).await.map_err(|_| e)
+        }
+        other => other,
     }
 }
 
@@ -60,13 +76,13 @@ fn ports(query: &str) -> Result<Vec<u16>, String> {
 /// The route handler.
 pub async fn handler(
     State(emu): State<Emulator>,
-    Extension(access): Extension<Access>,
+    Extension(caller): Extension<Caller>,
     Path((ns, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if !access_allows(&access) {
-        return forbidden("create", "pods/portforward", "", &ns, Some(&name));
+    if let Some(r) = forbid_unless(&caller, "create", "pods/portforward", "", &ns, Some(&name)) {
+        return r;
     }
     let Some(desc) = emu.pod(&ns, &name) else {
         return not_found("pods", &name);
@@ -112,16 +128,6 @@ pub async fn handler(
         })
 }
 
-fn access_allows(access: &Access) -> bool {
-    match access {
-        Access::Full => true,
-        Access::Nothing => false,
-        Access::Only(rules) => rules
-            .iter()
-            .any(|(v, r)| v == "create" && r == "pods/portforward"),
-    }
-}
-
 enum FromPod {
     Data(u8, Vec<u8>),
     Ended,
@@ -159,7 +165,7 @@ async fn relay(
     for (i, port) in ports.iter().enumerate() {
         let data = u8::try_from(2 * i).unwrap_or(u8::MAX);
         let (netns, addr) = target(&pod, *port);
-        match crate::netns::connect(netns, addr).await {
+        match dial(netns, addr).await {
             Ok(stream) => {
                 let (mut read, write) = stream.into_split();
                 writers.push(Some(write));

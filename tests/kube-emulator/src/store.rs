@@ -18,7 +18,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::{ByteString, jiff::Timestamp};
 use serde::Deserialize;
 
-/// A pod as the test bed describes it.
+/// A pod as the test bed describes it. Its Erlang container is named [`PodDesc::container`]
+/// and has the top-level ports, environment, command and args; [`PodDesc::sidecars`] come
+/// before it in the pod spec.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PodDesc {
@@ -36,9 +38,27 @@ pub struct PodDesc {
     /// The container's environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// Its IP, once it has one.
+    /// Its IP, once it has one (`status.podIP`, the first of `status.podIPs`).
     #[serde(default)]
     pub ip: Option<IpAddr>,
+    /// A dual-stack pod's address of the other family (the second of `status.podIPs`).
+    #[serde(default)]
+    pub second_ip: Option<IpAddr>,
+    /// Which address families the pod gets (the test bed allocates by it).
+    #[serde(default)]
+    pub ip_family: IpFamily,
+    /// The Erlang container's name (`app` when not given).
+    #[serde(default)]
+    pub container: Option<String>,
+    /// The Erlang container's `command` (its image's entrypoint when empty).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The Erlang container's `args`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Other containers, listed before the Erlang one.
+    #[serde(default)]
+    pub sidecars: Vec<ContainerDesc>,
     /// The network namespace port-forwards dial into (`/run/netns/NAME`).
     #[serde(default)]
     pub netns: Option<String>,
@@ -60,6 +80,84 @@ pub struct PodDesc {
     /// `spec.subdomain` (a StatefulSet's service name).
     #[serde(default)]
     pub subdomain: Option<String>,
+}
+
+impl Default for PodDesc {
+    /// A running, ready pod named `pod` in `default`, as the manifest's defaults make it.
+    fn default() -> PodDesc {
+        PodDesc {
+            name: "pod".to_owned(),
+            namespace: default_namespace(),
+            labels: BTreeMap::new(),
+            ports: Vec::new(),
+            env: BTreeMap::new(),
+            ip: None,
+            second_ip: None,
+            ip_family: IpFamily::default(),
+            container: None,
+            command: Vec::new(),
+            args: Vec::new(),
+            sidecars: Vec::new(),
+            netns: None,
+            phase: running(),
+            ready: true,
+            restarts: 0,
+            owner: None,
+            hostname: None,
+            subdomain: None,
+        }
+    }
+}
+
+impl PodDesc {
+    /// Its IPs, `status.podIPs` order.
+    pub fn ips(&self) -> Vec<IpAddr> {
+        self.ip.into_iter().chain(self.second_ip).collect()
+    }
+
+    /// The Erlang container's name.
+    pub fn container_name(&self) -> &str {
+        self.container.as_deref().unwrap_or("app")
+    }
+}
+
+/// A pod's address families.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum IpFamily {
+    /// One IPv4 address.
+    #[default]
+    IPv4,
+    /// One IPv6 address.
+    IPv6,
+    /// An IPv4 address first, then an IPv6 one.
+    DualStack,
+}
+
+/// A container other than the Erlang one (a sidecar).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerDesc {
+    /// Its name.
+    pub name: String,
+    /// Its image.
+    #[serde(default = "sidecar_image")]
+    pub image: String,
+    /// Its ports.
+    #[serde(default)]
+    pub ports: Vec<PortDesc>,
+    /// Its environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Its `command`.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Its `args`.
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+fn sidecar_image() -> String {
+    "busybox:1.36".to_owned()
 }
 
 /// A container port.
@@ -160,6 +258,8 @@ pub struct Store {
     workloads: BTreeMap<(WorkloadKindKey, String, String), (WorkloadDesc, u64)>,
     secrets: BTreeMap<(String, String), (SecretDesc, u64)>,
     events: Vec<PodEvent>,
+    /// The history before this version is gone.
+    compacted: u64,
 }
 
 type WorkloadKindKey = u8;
@@ -225,6 +325,27 @@ impl Store {
         };
         self.events.push(event.clone());
         Some(event)
+    }
+
+    /// Deletes a pod without a trace in the history, as if the deletion fell into a compacted
+    /// part of it: no event is kept or returned, and the history up to now is dropped, so a
+    /// watch from an older version is told it is too old. False when there was no such pod.
+    pub fn delete_pod_silently(&mut self, namespace: &str, name: &str) -> bool {
+        if self
+            .pods
+            .remove(&(namespace.to_owned(), name.to_owned()))
+            .is_none()
+        {
+            return false;
+        }
+        self.compacted = self.bump();
+        self.events.clear();
+        true
+    }
+
+    /// The oldest resource version a watch may start from (0: the whole history is kept).
+    pub fn compacted(&self) -> u64 {
+        self.compacted
     }
 
     /// The description of a pod.
@@ -305,10 +426,19 @@ fn meta(name: &str, namespace: &str, labels: &BTreeMap<String, String>, rv: u64)
     }
 }
 
-fn containers(ports: &[PortDesc], env: &BTreeMap<String, String>) -> Vec<Container> {
-    vec![Container {
-        name: "app".to_owned(),
-        image: Some("erlang:25".to_owned()),
+fn container(
+    name: &str,
+    image: &str,
+    ports: &[PortDesc],
+    env: &BTreeMap<String, String>,
+    command: &[String],
+    args: &[String],
+) -> Container {
+    Container {
+        name: name.to_owned(),
+        image: Some(image.to_owned()),
+        command: (!command.is_empty()).then(|| command.to_vec()),
+        args: (!args.is_empty()).then(|| args.to_vec()),
         ports: Some(
             ports
                 .iter()
@@ -330,7 +460,26 @@ fn containers(ports: &[PortDesc], env: &BTreeMap<String, String>) -> Vec<Contain
                 .collect(),
         ),
         ..Container::default()
-    }]
+    }
+}
+
+/// The Erlang container's image.
+const ERLANG_IMAGE: &str = "erlang:25";
+
+/// A pod's containers: the sidecars, then the Erlang one.
+fn containers(d: &PodDesc) -> Vec<Container> {
+    d.sidecars
+        .iter()
+        .map(|c| container(&c.name, &c.image, &c.ports, &c.env, &c.command, &c.args))
+        .chain(std::iter::once(container(
+            d.container_name(),
+            ERLANG_IMAGE,
+            &d.ports,
+            &d.env,
+            &d.command,
+            &d.args,
+        )))
+        .collect()
 }
 
 fn pod_json(stored: &StoredPod) -> Pod {
@@ -352,7 +501,7 @@ fn pod_json(stored: &StoredPod) -> Pod {
     Pod {
         metadata,
         spec: Some(PodSpec {
-            containers: containers(&d.ports, &d.env),
+            containers: containers(d),
             hostname: d.hostname.clone(),
             subdomain: d.subdomain.clone(),
             node_name: Some("node-0".to_owned()),
@@ -361,7 +510,12 @@ fn pod_json(stored: &StoredPod) -> Pod {
         status: Some(PodStatus {
             phase: Some(d.phase.clone()),
             pod_ip: d.ip.map(|ip| ip.to_string()),
-            pod_ips: d.ip.map(|ip| vec![PodIP { ip: ip.to_string() }]),
+            pod_ips: d.ip.map(|_| {
+                d.ips()
+                    .iter()
+                    .map(|ip| PodIP { ip: ip.to_string() })
+                    .collect()
+            }),
             host_ip: Some("172.31.255.1".to_owned()),
             start_time: Some(Time(stored.created)),
             conditions: Some(
@@ -374,15 +528,23 @@ fn pod_json(stored: &StoredPod) -> Pod {
                     })
                     .collect(),
             ),
-            container_statuses: Some(vec![ContainerStatus {
-                name: "app".to_owned(),
-                image: "erlang:25".to_owned(),
-                image_id: "erlang@sha256:0".to_owned(),
-                ready: d.ready,
-                restart_count: d.restarts,
-                started: Some(d.phase == "Running"),
-                ..ContainerStatus::default()
-            }]),
+            container_statuses: Some(
+                containers(d)
+                    .into_iter()
+                    .map(|c| {
+                        let image = c.image.unwrap_or_default();
+                        ContainerStatus {
+                            image_id: format!("{image}@sha256:0"),
+                            name: c.name,
+                            image,
+                            ready: d.ready,
+                            restart_count: d.restarts,
+                            started: Some(d.phase == "Running"),
+                            ..ContainerStatus::default()
+                        }
+                    })
+                    .collect(),
+            ),
             ..PodStatus::default()
         }),
     }
@@ -438,7 +600,14 @@ fn template(w: &WorkloadDesc) -> PodTemplateSpec {
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
-            containers: containers(&[], &BTreeMap::new()),
+            containers: vec![container(
+                "app",
+                ERLANG_IMAGE,
+                &[],
+                &BTreeMap::new(),
+                &[],
+                &[],
+            )],
             ..PodSpec::default()
         }),
     }

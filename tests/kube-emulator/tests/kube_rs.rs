@@ -1,59 +1,19 @@
 //! kube-rs (the client erlbridge uses) against the emulator, unprivileged and in-process:
 //! objects, lists, paging, watches, errors and the port-forward framing.
 
+#[allow(dead_code)] // each test binary uses its own part of it
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use erlbridge_kube_emulator::{Access, Emulator, PodDesc, SecretDesc, WorkloadDesc, WorkloadKind};
+use common::{connect, echo_server, emulator, pod, shout};
+use erlbridge_kube_emulator::{SecretDesc, WorkloadDesc, WorkloadKind};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn pod(name: &str, ip: &str, app: &str) -> PodDesc {
-    PodDesc {
-        name: name.into(),
-        namespace: "default".into(),
-        labels: BTreeMap::from([("app".into(), app.into())]),
-        ports: vec![],
-        env: BTreeMap::new(),
-        ip: Some(ip.parse().expect("an IP")),
-        netns: None,
-        phase: "Running".into(),
-        ready: true,
-        restarts: 0,
-        owner: None,
-        hostname: None,
-        subdomain: None,
-    }
-}
-
-async fn connect(emu: &Emulator, token: &str) -> kube::Client {
-    let kubeconfig = Kubeconfig::from_yaml(&emu.kubeconfig(token, "default")).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("config");
-    kube::Client::try_from(config).expect("client")
-}
-
-async fn emulator() -> Emulator {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let emu = Emulator::start("127.0.0.1:0".parse().expect("an address"), None)
-        .await
-        .expect("start");
-    emu.add_token("good", Access::Full);
-    emu.add_token("none", Access::Nothing);
-    for (i, app) in ["app", "app", "app", "web"].iter().enumerate() {
-        emu.apply_pod(pod(
-            &format!("{app}-{i}"),
-            &format!("127.0.0.{}", i + 1),
-            app,
-        ));
-    }
-    emu
-}
+use tokio::io::AsyncReadExt;
 
 #[tokio::test]
 async fn objects_lists_and_errors() {
@@ -208,34 +168,15 @@ async fn watches_report_changes_from_a_resource_version() {
 #[tokio::test]
 async fn port_forward_speaks_the_kubelets_framing() {
     let emu = emulator().await;
-    // A pod-side server: reads a line, answers it upper-cased, then closes.
-    let server = tokio::net::TcpListener::bind("127.0.0.5:0")
-        .await
-        .expect("bind");
-    let port = server.local_addr().unwrap().port();
+    let port = echo_server("127.0.0.5:0").await;
     emu.apply_pod(pod("echo", "127.0.0.5", "echo"));
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = server.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64];
-                let n = conn.read(&mut buf).await.unwrap_or(0);
-                let _ = conn.write_all(&buf[..n].to_ascii_uppercase()).await;
-            });
-        }
-    });
     let pods: Api<Pod> = Api::default_namespaced(connect(&emu, "good").await);
     let mut forward = pods
         .portforward("echo", &[port])
         .await
         .expect("portforward");
     let mut stream = forward.take_stream(port).expect("stream");
-    stream.write_all(b"hello pod\n").await.expect("write");
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
-        .await
-        .expect("the pod side closes, so the forward ends")
-        .expect("read");
-    assert_eq!(answer, "HELLO POD\n");
+    assert_eq!(shout(&mut stream).await, "HELLO POD\n");
     drop(stream);
     // The pod side ended, so the server closed the connection (kube-rs's own join then reports
     // that it could not send its Close, which is how it meets real kubelets too).
