@@ -1,53 +1,43 @@
-//! `erlbridge up`: discover the target's pods, ask each pod's epmd (through a port-forward)
-//! which nodes run there and on which distribution ports, open a local forward for every
-//! epmd and distribution port, and ask the helper to redirect this user's connections to
-//! `podIP:port` onto them. Node names are kept exactly (the distribution handshake checks
-//! them); only addresses are redirected. DNS-named nodes get an ERL_INETRC file.
+//! The bridge: the network state of `erlbridge up` and nothing else. For each pod of the
+//! target it asks the pod's epmd (through a port-forward) which nodes run there and on which
+//! distribution ports, opens a local forward for the epmd port and every distribution port,
+//! and has the helper redirect this user's connections to `podIP:port` onto them. Node names
+//! are kept exactly (the distribution handshake checks them); only addresses are redirected.
+//! DNS-named nodes get an ERL_INETRC file ([`crate::inetrc`]).
 //!
-//! Once up, [`Bridge::run`] keeps it healed: it watches the target's pods and re-bridges a pod
-//! that comes back with a new IP, bridges new replicas and drops removed ones, and restores every
-//! redirect after the helper restarts. Forwards need no healing of their own: each accepted
-//! connection opens a fresh port-forward stream.
+//! Healing is the pure plan of [`crate::reconcile`] applied after every change of the pod
+//! store ([`crate::watch`]), of the helper session, and when a failed pod is due for another
+//! try. Forwards need no healing of their own: each accepted connection opens a fresh
+//! port-forward stream.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt as _, watcher};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn};
 
-use crate::cookie::{CookieError, CookieSource};
-use crate::discover::{DiscoverError, NodeHost, PodInfo, Target, discover, pod_info, selector_of};
-use crate::epmd;
+use crate::discover::PodInfo;
+use crate::epmd::{self, AskError};
 use crate::forward::{self, Forward, ForwardError};
 use crate::helper::{HelperError, Link};
-use crate::k8s::{ClusterOptions, K8sError};
+use crate::inetrc::{Inetrc, InetrcError};
+use crate::reconcile::{Action, PodState, next_retry, plan};
+use crate::watch::PodWatch;
 
 /// How long asking a pod's epmd may take.
 const EPMD_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// What `erlbridge up` was asked to do.
-#[derive(Debug, Clone)]
-pub struct UpOptions {
-    /// Where the cluster is.
-    pub cluster: ClusterOptions,
-    /// What to bridge.
-    pub target: Target,
-    /// Which host part node names use; `None` means what the pods' environment says.
-    pub node_host: Option<NodeHost>,
-    /// The helper's socket.
-    pub helper_socket: PathBuf,
-    /// Where the cookie comes from; `None`: the pods' RELEASE_COOKIE, if any.
-    pub cookie_from: Option<CookieSource>,
-}
+/// How long a pod that could not be bridged waits before the next try.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// The longest wait between two tries to reach a helper that went away.
+const HELPER_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// One bridged Erlang node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BridgedNode {
     /// Its full name, e.g. `app@10.244.1.8`.
     pub node: String,
@@ -63,106 +53,452 @@ pub struct BridgedNode {
     pub dist_port: u16,
 }
 
-/// One bridged pod: its facts, its nodes, its forwards and the addresses the helper redirects.
-struct PodBridge {
-    info: PodInfo,
+/// What a bridged pod holds: its nodes, and per pod port its forward, whose address the helper
+/// redirects to it.
+#[derive(Debug)]
+pub struct Held {
     nodes: Vec<BridgedNode>,
-    mapped: Vec<SocketAddr>,
-    _forwards: Vec<Forward>,
+    forwards: Vec<(SocketAddr, Forward)>,
 }
 
-/// A change the bridge made while up, for the user to read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// A pod (a new replica, or one back after a restart) is bridged.
-    PodAdded(Vec<BridgedNode>),
-    /// A pod came back with a new IP: its nodes are bridged at the new address.
-    PodChanged(Vec<BridgedNode>),
-    /// A pod is gone; its nodes are no longer bridged.
-    PodRemoved(Vec<BridgedNode>),
-    /// A ready pod could not be bridged (yet); it is tried again.
-    PodUnreachable {
-        /// The pod.
-        pod: String,
-        /// Why.
-        reason: String,
-    },
-    /// The helper went away; redirects are gone until it is back.
-    HelperLost,
-    /// The helper is back and every redirect restored.
-    HelperRestored,
-}
-
-/// A live bridge. Dropping it closes the forwards and the helper session, whose end removes
-/// every rule it added.
-pub struct Bridge {
-    pods: BTreeMap<String, PodBridge>,
-    /// Pods of the target that were not ready at start, and why.
-    pub skipped: Vec<String>,
-    /// The ERL_INETRC file for DNS-named nodes, if any.
-    pub inetrc: Option<PathBuf>,
-    /// The nodes' cookie, when known (never logged, never in JSON output).
-    pub cookie: Option<String>,
-    helper: Link,
-    client: kube::Client,
-    namespace: String,
-    opts: UpOptions,
-    retry: BTreeMap<String, PodInfo>,
-    failures: (
-        UnboundedSender<forward::Failed>,
-        UnboundedReceiver<forward::Failed>,
-    ),
-    /// Every pod name bridged so far: one that comes back (a StatefulSet pod re-created with a
-    /// new IP) is reported as changed, not as new.
-    seen: std::collections::BTreeSet<String>,
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        if let Some(path) = &self.inetrc {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-/// Why `erlbridge up` failed.
+/// Why a pod could not be bridged.
 #[derive(Debug, thiserror::Error)]
-pub enum UpError {
-    /// No Kubernetes client could be made.
-    #[error(transparent)]
-    Cluster(#[from] K8sError),
-    /// The target could not be resolved.
-    #[error(transparent)]
-    Discover(#[from] DiscoverError),
+pub enum BridgeError {
     /// A forward could not be opened.
     #[error(transparent)]
     Forward(#[from] ForwardError),
-    /// A pod has no epmd answering.
-    #[error("pod {pod} has no epmd answering on port {port}: {reason}")]
+    /// The pod's epmd did not tell its nodes.
+    #[error("pod {pod} has no epmd answering on port {port}")]
     NoEpmd {
         /// The pod.
         pod: String,
         /// The epmd port.
         port: u16,
         /// What happened.
-        reason: String,
+        #[source]
+        source: AskError,
     },
     /// The helper could not be used.
     #[error(transparent)]
     Helper(#[from] HelperError),
-    /// The cookie could not be had.
-    #[error(transparent)]
-    Cookie(#[from] CookieError),
     /// The ERL_INETRC file could not be written.
-    #[error("cannot write {0}")]
-    Inetrc(PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Inetrc(#[from] InetrcError),
+}
+
+/// A change the bridge made while up, for the user to read.
+#[derive(Debug)]
+pub enum Change {
+    /// A pod (a new replica) is bridged.
+    PodAdded {
+        /// The pod.
+        pod: String,
+        /// Its nodes.
+        nodes: Vec<BridgedNode>,
+    },
+    /// A pod came back (a new IP, or re-created): its nodes are bridged where it is now.
+    PodChanged {
+        /// The pod.
+        pod: String,
+        /// Its nodes.
+        nodes: Vec<BridgedNode>,
+    },
+    /// A pod left the target; its nodes are no longer bridged.
+    PodRemoved {
+        /// The pod.
+        pod: String,
+        /// The nodes it had.
+        nodes: Vec<BridgedNode>,
+    },
+    /// A ready pod could not be bridged (yet); it is tried again.
+    PodUnreachable {
+        /// The pod.
+        pod: String,
+        /// Why.
+        error: BridgeError,
+    },
+    /// A connection to a bridged pod could not be forwarded, or a listener cannot accept.
+    ConnectionFailed(forward::Failed),
+    /// The helper went away; redirects are gone until it is back.
+    HelperLost,
+    /// The helper is back and every redirect restored.
+    HelperRestored,
+}
+
+/// What the bridge looks like once up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    /// Every bridged node, by pod name.
+    pub nodes: Vec<BridgedNode>,
+    /// The ERL_INETRC file for DNS-named nodes, if any.
+    pub inetrc: Option<PathBuf>,
+    /// Why each of the target's pods that is not bridged is left out.
+    pub skipped: Vec<String>,
+}
+
+/// A live bridge. Dropping it closes the forwards and the helper session, whose end removes
+/// every rule it added.
+pub struct Bridge {
+    pods: BTreeMap<String, PodState<Held>>,
+    watch: PodWatch,
+    helper: Link,
+    api: Api<Pod>,
+    inetrc: Option<Inetrc>,
+    failures: (
+        UnboundedSender<forward::Failed>,
+        UnboundedReceiver<forward::Failed>,
+    ),
+    skipped: Vec<String>,
+}
+
+impl Bridge {
+    /// Bridges every ready pod of the watch's first snapshot; returns once each is reachable.
+    /// A pod that cannot be bridged fails the whole bridge, which then leaves nothing behind.
+    pub async fn up(
+        client: kube::Client,
+        namespace: &str,
+        watch: PodWatch,
+        helper: Link,
+    ) -> Result<Bridge, BridgeError> {
+        let snapshot = watch.snapshot();
+        let mut bridge = Bridge {
+            pods: BTreeMap::new(),
+            skipped: snapshot
+                .values()
+                .filter_map(|seen| seen.as_ref().err().cloned())
+                .collect(),
+            watch,
+            helper,
+            api: Api::namespaced(client, namespace),
+            inetrc: None,
+            failures: unbounded_channel(),
+        };
+        let generation = bridge.helper.generation();
+        for action in plan(&snapshot, &bridge.pods, generation, Instant::now()) {
+            if let Action::Bridge(info) = action {
+                let held = bridge.attach(&info).await?;
+                bridge.pods.insert(
+                    info.name.clone(),
+                    PodState::Bridged {
+                        info,
+                        held,
+                        generation,
+                    },
+                );
+            }
+        }
+        bridge.write_inetrc()?;
+        info!(pods = bridge.pods.len(), "bridged");
+        Ok(bridge)
+    }
+
+    /// What is bridged now.
+    pub fn ready(&self) -> Ready {
+        Ready {
+            nodes: self.nodes(),
+            inetrc: self.inetrc.as_ref().map(|f| f.path().to_owned()),
+            skipped: self.skipped.clone(),
+        }
+    }
+
+    /// Every bridged node, by pod name.
+    pub fn nodes(&self) -> Vec<BridgedNode> {
+        self.pods
+            .values()
+            .filter_map(|state| match state {
+                PodState::Bridged { held, .. } => Some(held.nodes.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// Keeps the bridge healed until cancelled: follows the target's pods (restarts with new
+    /// IPs, new and removed replicas, re-lists) and the helper (restarts), reporting each change.
+    pub async fn run(&mut self, mut report: impl FnMut(Change)) {
+        let mut helper_back_at: Option<Instant> = None;
+        let mut helper_delay = Duration::from_millis(100);
+        loop {
+            let retry_at = next_retry(&self.pods);
+            let mut restored = false;
+            tokio::select! {
+                changed = self.watch.changed() => if !changed {
+                    warn!("the pod watch ended; the bridge stays as it is");
+                    return;
+                },
+                () = self.helper.ended(), if self.helper.is_live() => {
+                    report(Change::HelperLost);
+                    helper_back_at = Some(Instant::now());
+                    helper_delay = Duration::from_millis(100);
+                    continue;
+                }
+                () = sleep_until(helper_back_at), if helper_back_at.is_some() => {
+                    match self.helper.reopen().await {
+                        Ok(()) => {
+                            helper_back_at = None;
+                            restored = true;
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "the helper is not back yet");
+                            helper_back_at = Some(Instant::now() + helper_delay);
+                            helper_delay = (helper_delay * 2).min(HELPER_RETRY_MAX);
+                            continue;
+                        }
+                    }
+                }
+                Some(failed) = self.failures.1.recv() => {
+                    // Only for pods still bridged: a connection to a pod that is gone is moot.
+                    if matches!(self.pods.get(&failed.pod), Some(PodState::Bridged { .. })) {
+                        report(Change::ConnectionFailed(failed));
+                    }
+                    continue;
+                }
+                () = sleep_until(retry_at), if retry_at.is_some() => {}
+            }
+            for change in self.reconcile().await {
+                report(change);
+            }
+            if restored {
+                report(Change::HelperRestored);
+            }
+        }
+    }
+
+    /// Plans against the current snapshot and carries the plan out.
+    async fn reconcile(&mut self) -> Vec<Change> {
+        let snapshot = self.watch.snapshot();
+        self.skipped = snapshot
+            .values()
+            .filter_map(|seen| seen.as_ref().err().cloned())
+            .collect();
+        let actions = plan(
+            &snapshot,
+            &self.pods,
+            self.helper.generation(),
+            Instant::now(),
+        );
+        let mut changes = Vec::new();
+        let touched = !actions.is_empty();
+        for action in actions {
+            let span = info_span!("heal", ?action);
+            let _guard = span.enter();
+            match action {
+                Action::Bridge(info) => {
+                    let came_back = match self.pods.get(&info.name) {
+                        Some(PodState::Gone) => true,
+                        Some(PodState::Failing { came_back, .. }) => *came_back,
+                        _ => false,
+                    };
+                    changes.extend(self.bridge(info, came_back).await);
+                }
+                Action::Rebridge(info) => {
+                    self.unbridge(&info.name).await;
+                    changes.extend(self.bridge(info, true).await);
+                }
+                Action::Drop(name) => changes.extend(self.drop_pod(&name).await),
+                Action::Remap(name) => changes.extend(self.remap(&name).await),
+            }
+        }
+        if touched && let Err(e) = self.write_inetrc() {
+            warn!(error = %e, "could not update the inetrc file");
+        }
+        changes
+    }
+
+    /// Bridges one pod; a failure leaves it to be tried again, reported the first time only.
+    async fn bridge(&mut self, info: PodInfo, came_back: bool) -> Option<Change> {
+        let name = info.name.clone();
+        match self.attach(&info).await {
+            Ok(held) => {
+                let nodes = held.nodes.clone();
+                info!(pod = %name, ip = %info.ip, "bridged");
+                let generation = self.helper.generation();
+                self.pods.insert(
+                    name.clone(),
+                    PodState::Bridged {
+                        info,
+                        held,
+                        generation,
+                    },
+                );
+                Some(if came_back {
+                    Change::PodChanged { pod: name, nodes }
+                } else {
+                    Change::PodAdded { pod: name, nodes }
+                })
+            }
+            Err(error) => {
+                let reported = matches!(self.pods.get(&name), Some(PodState::Failing { .. }));
+                self.pods.insert(
+                    name.clone(),
+                    PodState::Failing {
+                        info,
+                        retry_at: Instant::now() + RETRY_EVERY,
+                        came_back,
+                    },
+                );
+                (!reported).then_some(Change::PodUnreachable { pod: name, error })
+            }
+        }
+    }
+
+    /// Asks the pod's epmd for its nodes, opens their forwards and redirects. On failure
+    /// nothing of it stays.
+    async fn attach(&mut self, pod: &PodInfo) -> Result<Held, BridgeError> {
+        let registered = registered(&self.api, pod).await?;
+        let mut ports = vec![pod.epmd_port];
+        ports.extend(registered.iter().map(|r| r.port));
+        let mut held = Held {
+            nodes: registered
+                .into_iter()
+                .map(|node| BridgedNode {
+                    node: format!("{}@{}", node.name, pod.host),
+                    pod: pod.name.clone(),
+                    namespace: pod.namespace.clone(),
+                    ip: pod.ip,
+                    epmd_port: pod.epmd_port,
+                    dist_port: node.port,
+                })
+                .collect(),
+            forwards: Vec::new(),
+        };
+        for port in ports {
+            let addr = SocketAddr::new(pod.ip, port);
+            let added = async {
+                let forward = forward::listen(
+                    self.api.clone(),
+                    pod.name.clone(),
+                    port,
+                    self.failures.0.clone(),
+                )
+                .await?;
+                self.helper.map(addr, forward.local.port()).await?;
+                Ok::<_, BridgeError>(forward)
+            }
+            .await;
+            match added {
+                Ok(forward) => held.forwards.push((addr, forward)),
+                Err(e) => {
+                    self.detach(&pod.name, held).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    /// Removes a pod's redirects; its forwards close when `held` is dropped.
+    async fn detach(&mut self, pod: &str, held: Held) -> Vec<BridgedNode> {
+        for (addr, _) in &held.forwards {
+            if let Err(e) = self.helper.unmap(*addr).await {
+                warn!(pod, %addr, error = %e, "could not remove a redirect");
+            }
+        }
+        held.nodes
+    }
+
+    /// Unbridges a pod, keeping its name as seen.
+    async fn unbridge(&mut self, name: &str) -> Vec<BridgedNode> {
+        match self.pods.insert(name.to_owned(), PodState::Gone) {
+            Some(PodState::Bridged { held, .. }) => self.detach(name, held).await,
+            _ => Vec::new(),
+        }
+    }
+
+    /// A pod left the target.
+    async fn drop_pod(&mut self, name: &str) -> Option<Change> {
+        match self.pods.get(name) {
+            Some(PodState::Bridged { .. }) => {
+                let nodes = self.unbridge(name).await;
+                info!(pod = name, "unbridged");
+                Some(Change::PodRemoved {
+                    pod: name.to_owned(),
+                    nodes,
+                })
+            }
+            Some(PodState::Failing {
+                came_back: false, ..
+            }) => {
+                self.pods.remove(name);
+                None
+            }
+            _ => {
+                self.pods.insert(name.to_owned(), PodState::Gone);
+                None
+            }
+        }
+    }
+
+    /// Adds a bridged pod's redirects to the current helper session.
+    async fn remap(&mut self, name: &str) -> Option<Change> {
+        let generation = self.helper.generation();
+        let Some(PodState::Bridged {
+            held,
+            generation: g,
+            ..
+        }) = self.pods.get_mut(name)
+        else {
+            return None;
+        };
+        let mut failed = None;
+        for (addr, forward) in &held.forwards {
+            if let Err(e) = self.helper.map(*addr, forward.local.port()).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        *g = generation;
+        let error = failed?;
+        // The helper no longer takes this pod (its policy changed, say): try it from scratch.
+        if let Some(PodState::Bridged { info, held, .. }) = self.pods.remove(name) {
+            self.detach(name, held).await;
+            self.pods.insert(
+                name.to_owned(),
+                PodState::Failing {
+                    info,
+                    retry_at: Instant::now() + RETRY_EVERY,
+                    came_back: true,
+                },
+            );
+        }
+        Some(Change::PodUnreachable {
+            pod: name.to_owned(),
+            error: error.into(),
+        })
+    }
+
+    /// Writes the ERL_INETRC file for the bridged pods whose nodes use a DNS name.
+    fn write_inetrc(&mut self) -> Result<(), InetrcError> {
+        let hosts: Vec<(IpAddr, String)> = self
+            .pods
+            .values()
+            .filter_map(|state| match state {
+                PodState::Bridged { info, .. } if info.host.parse::<IpAddr>().is_err() => {
+                    Some((info.ip, info.host.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        if hosts.is_empty() && self.inetrc.is_none() {
+            return Ok(());
+        }
+        self.inetrc.get_or_insert_with(Inetrc::new).write(&hosts)
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The nodes registered with the pod's epmd, asked through a port-forward.
-async fn registered(pods: &Api<Pod>, pod: &PodInfo) -> Result<Vec<epmd::Registered>, UpError> {
-    let no_epmd = |reason: String| UpError::NoEpmd {
+async fn registered(pods: &Api<Pod>, pod: &PodInfo) -> Result<Vec<epmd::Registered>, BridgeError> {
+    let no_epmd = |source: AskError| BridgeError::NoEpmd {
         pod: pod.name.clone(),
         port: pod.epmd_port,
-        reason,
+        source,
     };
     let ask = async {
         let forward::Opened {
@@ -171,325 +507,16 @@ async fn registered(pods: &Api<Pod>, pod: &PodInfo) -> Result<Vec<epmd::Register
         } = forward::open_with_retries(pods, &pod.name, pod.epmd_port).await?;
         tokio::select! {
             names = epmd::names(&mut stream) => match names {
+                Ok(Ok(names)) if names.is_empty() => Err(no_epmd(AskError::NoNodes)),
                 Ok(Ok(names)) => Ok(names),
-                Ok(Err(malformed)) => Err(no_epmd(malformed.to_string())),
-                Err(e) => Err(no_epmd(e.to_string())),
+                Ok(Err(malformed)) => Err(no_epmd(malformed.into())),
+                Err(e) => Err(no_epmd(e.into())),
             },
-            Some(message) = refused => Err(no_epmd(message)),
+            Some(message) = refused => Err(no_epmd(AskError::Refused(message))),
         }
     };
     match tokio::time::timeout(EPMD_TIMEOUT, ask).await {
         Ok(result) => result,
-        Err(_) => Err(no_epmd(format!("no answer within {EPMD_TIMEOUT:?}"))),
-    }
-}
-
-/// Brings the bridge up; returns once every node is reachable.
-pub async fn up(opts: &UpOptions) -> Result<Bridge, UpError> {
-    let (client, namespace) = crate::k8s::connect(&opts.cluster).await?;
-    let (pods, skipped) = discover(&client, &namespace, &opts.target, opts.node_host).await?;
-    info!(target = %opts.target, pods = pods.len(), "discovered");
-    let cookie = match &opts.cookie_from {
-        Some(source) => Some(crate::cookie::resolve(&client, &namespace, source, &pods).await?),
-        None => pods
-            .iter()
-            .find_map(|p| p.env.get("RELEASE_COOKIE").cloned()),
-    };
-    let helper = Link::open(
-        &opts.helper_socket,
-        &format!("erlbridge up {}", opts.target),
-    )
-    .await?;
-    let mut bridge = Bridge {
-        pods: BTreeMap::new(),
-        skipped,
-        inetrc: None,
-        cookie,
-        helper,
-        client,
-        namespace,
-        opts: opts.clone(),
-        retry: BTreeMap::new(),
-        failures: unbounded_channel(),
-        seen: Default::default(),
-    };
-    for pod in pods {
-        bridge.bridge_pod(pod).await?;
-    }
-    bridge.write_inetrc()?;
-    Ok(bridge)
-}
-
-/// How often pods that could not be bridged are tried again.
-const RETRY_EVERY: Duration = Duration::from_secs(1);
-
-impl Bridge {
-    /// Every bridged node, by pod name.
-    pub fn nodes(&self) -> Vec<BridgedNode> {
-        self.pods.values().flat_map(|p| p.nodes.clone()).collect()
-    }
-
-    /// Asks the pod's epmd for its nodes, opens their forwards and redirects.
-    async fn bridge_pod(&mut self, pod: PodInfo) -> Result<Vec<BridgedNode>, UpError> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
-        let registered = registered(&api, &pod).await?;
-        if registered.is_empty() {
-            return Err(UpError::NoEpmd {
-                pod: pod.name.clone(),
-                port: pod.epmd_port,
-                reason: "epmd answers, but no Erlang node is registered with it".to_owned(),
-            });
-        }
-        let mut ports = vec![pod.epmd_port];
-        ports.extend(registered.iter().map(|r| r.port));
-        let mut forwards = Vec::new();
-        let mut mapped = Vec::new();
-        for port in ports {
-            let addr = SocketAddr::new(pod.ip, port);
-            let listened =
-                forward::listen(api.clone(), pod.name.clone(), port, self.failures.0.clone()).await;
-            let mapped_now = match listened {
-                Ok(forward) => match self.helper.map(addr, forward.local.port()).await {
-                    Ok(()) => Ok(forward),
-                    Err(e) => Err(UpError::from(e)),
-                },
-                Err(e) => Err(UpError::from(e)),
-            };
-            match mapped_now {
-                Ok(forward) => {
-                    mapped.push(addr);
-                    forwards.push(forward);
-                }
-                Err(e) => {
-                    // Leave nothing half-bridged.
-                    for done in mapped {
-                        let _ = self.helper.unmap(done).await;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        let nodes: Vec<BridgedNode> = registered
-            .into_iter()
-            .map(|node| BridgedNode {
-                node: format!("{}@{}", node.name, pod.host),
-                pod: pod.name.clone(),
-                namespace: pod.namespace.clone(),
-                ip: pod.ip,
-                epmd_port: pod.epmd_port,
-                dist_port: node.port,
-            })
-            .collect();
-        self.seen.insert(pod.name.clone());
-        self.pods.insert(
-            pod.name.clone(),
-            PodBridge {
-                info: pod,
-                nodes: nodes.clone(),
-                mapped,
-                _forwards: forwards,
-            },
-        );
-        Ok(nodes)
-    }
-
-    /// Unbridges a pod: its redirects and forwards go.
-    async fn unbridge_pod(&mut self, name: &str) -> Vec<BridgedNode> {
-        let Some(pod) = self.pods.remove(name) else {
-            return Vec::new();
-        };
-        for addr in &pod.mapped {
-            if let Err(e) = self.helper.unmap(*addr).await {
-                warn!(pod = name, %addr, error = %e, "could not remove a redirect");
-            }
-        }
-        pod.nodes
-    }
-
-    fn write_inetrc(&mut self) -> Result<(), UpError> {
-        let hosts: Vec<(IpAddr, String)> = self
-            .pods
-            .values()
-            .filter(|p| p.info.host.parse::<IpAddr>().is_err())
-            .map(|p| (p.info.ip, p.info.host.clone()))
-            .collect();
-        if hosts.is_empty() {
-            return Ok(());
-        }
-        let path = self.inetrc.clone().unwrap_or_else(inetrc_path);
-        std::fs::write(&path, inetrc_text(&hosts)).map_err(|e| UpError::Inetrc(path.clone(), e))?;
-        self.inetrc = Some(path);
-        Ok(())
-    }
-
-    /// Brings one watched pod in line: bridged at its current IP when ready, unbridged when
-    /// deleted.
-    async fn reconcile(&mut self, pod: &Pod, deleted: bool, changes: &mut Vec<Change>) {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        if deleted {
-            self.retry.remove(&name);
-            let nodes = self.unbridge_pod(&name).await;
-            if !nodes.is_empty() {
-                changes.push(Change::PodRemoved(nodes));
-            }
-            return;
-        }
-        let Ok(info) = pod_info(pod, self.opts.node_host) else {
-            // Not ready: keep what is bridged until the pod is deleted or gets a new IP.
-            return;
-        };
-        let known = self.pods.get(&name).map(|p| p.info.ip);
-        if known == Some(info.ip) {
-            return;
-        }
-        if known.is_some() {
-            self.unbridge_pod(&name).await;
-        }
-        self.try_bridge(info, changes).await;
-    }
-
-    async fn try_bridge(&mut self, info: PodInfo, changes: &mut Vec<Change>) {
-        let name = info.name.clone();
-        let came_back = self.seen.contains(&name);
-        match self.bridge_pod(info.clone()).await {
-            Ok(nodes) => {
-                self.retry.remove(&name);
-                changes.push(if came_back {
-                    Change::PodChanged(nodes)
-                } else {
-                    Change::PodAdded(nodes)
-                });
-                if let Err(e) = self.write_inetrc() {
-                    warn!(error = %e, "could not update the inetrc file");
-                }
-            }
-            Err(e) => {
-                if !self.retry.contains_key(&name) {
-                    changes.push(Change::PodUnreachable {
-                        pod: name.clone(),
-                        reason: format!("{e}; trying again every second"),
-                    });
-                }
-                self.retry.insert(name, info);
-            }
-        }
-    }
-
-    /// Keeps the bridge healed until cancelled: follows the target's pods (restarts with new
-    /// IPs, new and removed replicas) and the helper (restarts), reporting each change.
-    pub async fn run(&mut self, mut report: impl FnMut(Change)) {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let config = match self.watch_selector().await {
-            Ok(config) => config,
-            Err(e) => {
-                warn!(error = %e, "cannot watch the target's pods; the bridge will not follow restarts");
-                std::future::pending::<()>().await;
-                return;
-            }
-        };
-        let mut pods = watcher(api, config).default_backoff().boxed();
-        let mut tick = tokio::time::interval(RETRY_EVERY);
-        loop {
-            let mut changes = Vec::new();
-            tokio::select! {
-                event = pods.next() => match event {
-                    Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
-                        self.reconcile(&pod, false, &mut changes).await;
-                    }
-                    Some(Ok(watcher::Event::Delete(pod))) => self.reconcile(&pod, true, &mut changes).await,
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => debug!(error = %e, "the pod watch failed; retrying"),
-                    None => return,
-                },
-                () = self.helper.ended() => {
-                    report(Change::HelperLost);
-                    let mut delay = Duration::from_millis(100);
-                    while let Err(e) = self.helper.restore().await {
-                        debug!(error = %e, "the helper is not back yet");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(2));
-                    }
-                    changes.push(Change::HelperRestored);
-                }
-                Some(failed) = self.failures.1.recv() => {
-                    // Only for pods still bridged: a connection to a pod that is gone is moot.
-                    if self.pods.contains_key(&failed.pod) {
-                        changes.push(Change::PodUnreachable {
-                            pod: failed.pod,
-                            reason: format!("a connection to port {} could not be forwarded: {}", failed.port, failed.reason),
-                        });
-                    }
-                }
-                _ = tick.tick(), if !self.retry.is_empty() => {
-                    let pending: Vec<PodInfo> = self.retry.values().cloned().collect();
-                    for info in pending {
-                        self.try_bridge(info, &mut changes).await;
-                    }
-                }
-            }
-            for change in changes {
-                report(change);
-            }
-        }
-    }
-
-    /// What to watch: the pod by name, or the workload's / the user's label selector.
-    async fn watch_selector(&self) -> Result<watcher::Config, DiscoverError> {
-        Ok(match &self.opts.target {
-            Target::Pod(name) => {
-                watcher::Config::default().fields(&format!("metadata.name={name}"))
-            }
-            target => {
-                let selector = selector_of(&self.client, &self.namespace, target).await?;
-                watcher::Config::default().labels(&selector)
-            }
-        })
-    }
-}
-
-/// The inetrc text mapping DNS names to pod IPs, then falling back to the system resolver.
-pub fn inetrc_text(hosts: &[(IpAddr, String)]) -> String {
-    let mut text = String::new();
-    for (ip, name) in hosts {
-        let tuple = match ip {
-            IpAddr::V4(v4) => v4.octets().map(|o| o.to_string()).join(","),
-            IpAddr::V6(v6) => v6.segments().map(|s| s.to_string()).join(","),
-        };
-        text.push_str(&format!("{{host, {{{tuple}}}, [\"{name}\"]}}.\n"));
-    }
-    text.push_str("{lookup, [file, native]}.\n");
-    text
-}
-
-fn inetrc_path() -> PathBuf {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|d| d.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    dir.join(format!("erlbridge-{}.inetrc", std::process::id()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inetrc_maps_names_to_pod_ips() {
-        let text = inetrc_text(&[
-            (
-                "10.244.1.8".parse().unwrap(),
-                "app-0.app.default.svc.cluster.local".into(),
-            ),
-            (
-                "fd00::8".parse().unwrap(),
-                "app-1.app.default.svc.cluster.local".into(),
-            ),
-        ]);
-        assert_eq!(
-            text,
-            "{host, {10,244,1,8}, [\"app-0.app.default.svc.cluster.local\"]}.\n\
-             {host, {64768,0,0,0,0,0,0,8}, [\"app-1.app.default.svc.cluster.local\"]}.\n\
-             {lookup, [file, native]}.\n"
-        );
+        Err(_) => Err(no_epmd(AskError::Timeout(EPMD_TIMEOUT.as_secs()))),
     }
 }

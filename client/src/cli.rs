@@ -85,6 +85,19 @@ pub enum Command {
     Man,
 }
 
+impl Command {
+    /// How the command reports: `--output`, text where it has none.
+    pub fn output(&self) -> Output {
+        match self {
+            Command::Up(args) => args.bridge.output,
+            Command::Remsh(args) => args.bridge.output,
+            Command::Status(args) => args.output,
+            Command::Doctor(args) => args.output,
+            Command::Completions { .. } | Command::Man => Output::Text,
+        }
+    }
+}
+
 /// `erlbridge status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {

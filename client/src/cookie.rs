@@ -81,6 +81,21 @@ pub enum CookieError {
     Api(String, #[source] kube::Error),
 }
 
+/// The nodes' cookie: from `source`, or without one the pods' RELEASE_COOKIE if they set it.
+pub async fn find(
+    client: &kube::Client,
+    namespace: &str,
+    source: Option<&CookieSource>,
+    pods: &[PodInfo],
+) -> Result<Option<String>, CookieError> {
+    match source {
+        Some(source) => resolve(client, namespace, source, pods).await.map(Some),
+        None => Ok(pods
+            .iter()
+            .find_map(|p| p.env.get("RELEASE_COOKIE").cloned())),
+    }
+}
+
 /// Reads the cookie from `source`.
 pub async fn resolve(
     client: &kube::Client,

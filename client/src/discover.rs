@@ -1,7 +1,9 @@
 //! From what the user typed to the pods to bridge: a TARGET in kubectl's forms (`app-0`,
-//! `pod/app-0`, `statefulset/app`, `sts/app`, `deployment/app`, or a label selector), resolved
-//! through the API to Running and Ready pods with their IPs, epmd ports, and the host part
-//! their Erlang nodes use.
+//! `pod/app-0`, `statefulset/app`, `sts/app`, `deployment/app`, or a label selector) becomes
+//! the parameters of one pod watch ([`watch_config`]); each watched pod becomes its facts
+//! ([`pod_info`]: IP, epmd port, the host part its Erlang nodes use) or the reason it cannot
+//! be bridged; the first complete snapshot says whether the target exists and has anything
+//! ready ([`check_first`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -9,7 +11,10 @@ use std::str::FromStr;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::Api;
+use kube::core::Selector;
+use kube::runtime::watcher;
 
 /// The default epmd port, used when a pod names no `epmd` container port.
 pub const EPMD_PORT: u16 = 4369;
@@ -88,6 +93,10 @@ pub enum NodeHost {
     Dns,
 }
 
+/// The target's pods as the watch shows them at one moment, by name: each ready to bridge,
+/// or why not.
+pub type Snapshot = BTreeMap<String, Result<PodInfo, String>>;
+
 /// A pod to bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
@@ -95,6 +104,8 @@ pub struct PodInfo {
     pub name: String,
     /// Its namespace.
     pub namespace: String,
+    /// Its uid: a pod re-created under the same name has a new one.
+    pub uid: String,
     /// Its IP.
     pub ip: IpAddr,
     /// Where its epmd listens.
@@ -120,9 +131,13 @@ pub enum DiscoverError {
     /// The API could not be reached or answered with an error.
     #[error("cannot reach the Kubernetes API")]
     Api(#[source] kube::Error),
+    /// The workload's selector cannot be used.
+    #[error("{0}")]
+    Selector(String),
 }
 
-fn api_error(e: kube::Error, what: &str) -> DiscoverError {
+/// The error for a failed call about `what`: not found, refused, or failed.
+pub fn api_error(e: kube::Error, what: &str) -> DiscoverError {
     match &e {
         kube::Error::Api(s) if s.code == 404 => {
             DiscoverError::NotFound(format!("{what} not found: {}", s.message))
@@ -148,6 +163,7 @@ fn expand(value: &str, vars: &BTreeMap<String, String>) -> String {
 /// A pod's facts, or why it cannot be bridged.
 pub fn pod_info(pod: &Pod, node_host: Option<NodeHost>) -> Result<PodInfo, String> {
     let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
     let namespace = pod
         .metadata
         .namespace
@@ -212,6 +228,7 @@ pub fn pod_info(pod: &Pod, node_host: Option<NodeHost>) -> Result<PodInfo, Strin
     Ok(PodInfo {
         name,
         namespace,
+        uid,
         ip,
         epmd_port,
         host,
@@ -219,84 +236,82 @@ pub fn pod_info(pod: &Pod, node_host: Option<NodeHost>) -> Result<PodInfo, Strin
     })
 }
 
-/// The target's pods that can be bridged. Pods of a workload that are not ready are left out
-/// (and named in `skipped`); a single pod that is not ready is an error.
-pub async fn discover(
+/// What to watch for `target`: a pod by name, or the pods of a workload's or the user's
+/// label selector.
+pub async fn watch_config(
     client: &kube::Client,
     namespace: &str,
     target: &Target,
-    node_host: Option<NodeHost>,
-) -> Result<(Vec<PodInfo>, Vec<String>), DiscoverError> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    if let Target::Pod(name) = target {
-        let pod = pods
-            .get(name)
-            .await
-            .map_err(|e| api_error(e, &format!("pod {name} in namespace {namespace}")))?;
-        return pod_info(&pod, node_host)
-            .map(|p| (vec![p], vec![]))
-            .map_err(DiscoverError::NotReady);
-    }
-    let selector = selector_of(client, namespace, target).await?;
-    let list = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|e| api_error(e, &format!("pods with labels {selector}")))?;
-    if list.items.is_empty() {
-        return Err(DiscoverError::NotFound(format!(
-            "{target} has no pods in namespace {namespace}"
-        )));
-    }
-    let (mut ready, mut skipped) = (Vec::new(), Vec::new());
-    for pod in &list.items {
-        match pod_info(pod, node_host) {
-            Ok(info) => ready.push(info),
-            Err(why) => skipped.push(why),
-        }
-    }
-    if ready.is_empty() {
-        return Err(DiscoverError::NotReady(format!(
-            "no pod of {target} is ready: {}",
-            skipped.join("; ")
-        )));
-    }
-    Ok((ready, skipped))
-}
-
-/// The label selector of a target: a workload's `matchLabels`, or the user's selector. A pod
-/// target has none (it is watched by name), so it gets its StatefulSet pod-name label.
-pub async fn selector_of(
-    client: &kube::Client,
-    namespace: &str,
-    target: &Target,
-) -> Result<String, DiscoverError> {
+) -> Result<watcher::Config, DiscoverError> {
+    let config = watcher::Config::default();
     Ok(match target {
-        Target::Pod(name) => format!("statefulset.kubernetes.io/pod-name={name}"),
+        Target::Pod(name) => config.fields(&format!("metadata.name={name}")),
         Target::StatefulSet(name) => {
             let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
             let sts = api.get(name).await.map_err(|e| {
                 api_error(e, &format!("statefulset {name} in namespace {namespace}"))
             })?;
-            match_labels(sts.spec.and_then(|s| s.selector.match_labels))
+            let selector = sts.spec.map(|s| s.selector).unwrap_or_default();
+            config.labels_from(&workload_selector(target, selector)?)
         }
         Target::Deployment(name) => {
             let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
             let d = api.get(name).await.map_err(|e| {
                 api_error(e, &format!("deployment {name} in namespace {namespace}"))
             })?;
-            match_labels(d.spec.and_then(|s| s.selector.match_labels))
+            let selector = d.spec.map(|s| s.selector).unwrap_or_default();
+            config.labels_from(&workload_selector(target, selector)?)
         }
-        Target::Selector(selector) => selector.clone(),
+        Target::Selector(selector) => config.labels(selector),
     })
 }
 
-fn match_labels(labels: Option<BTreeMap<String, String>>) -> String {
-    labels
-        .unwrap_or_default()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+/// A workload's selector, `matchLabels` and `matchExpressions` both. One that selects
+/// everything is refused: it would bridge every pod of the namespace.
+pub fn workload_selector(
+    target: &Target,
+    selector: LabelSelector,
+) -> Result<Selector, DiscoverError> {
+    let selector = Selector::try_from(selector).map_err(|e| {
+        DiscoverError::Selector(format!(
+            "{target} has a selector erlbridge cannot read: {}",
+            e.0
+        ))
+    })?;
+    if selector.selects_all() {
+        return Err(DiscoverError::Selector(format!(
+            "{target} has an empty selector, which would select every pod of the namespace; \
+             name the pods with -l SELECTOR instead"
+        )));
+    }
+    Ok(selector)
+}
+
+/// Whether the first complete snapshot of `target`'s pods has something to bridge: the pod
+/// exists (and is ready), or the workload has pods and at least one is ready. Returns why
+/// each pod that is not ready is left out.
+pub fn check_first(
+    target: &Target,
+    namespace: &str,
+    snapshot: &Snapshot,
+) -> Result<Vec<String>, DiscoverError> {
+    if snapshot.is_empty() {
+        return Err(DiscoverError::NotFound(match target {
+            Target::Pod(name) => format!("pod {name} in namespace {namespace} not found"),
+            target => format!("{target} has no pods in namespace {namespace}"),
+        }));
+    }
+    let skipped: Vec<String> = snapshot
+        .values()
+        .filter_map(|seen| seen.as_ref().err().cloned())
+        .collect();
+    if skipped.len() == snapshot.len() {
+        return Err(DiscoverError::NotReady(match target {
+            Target::Pod(_) => skipped.join("; "),
+            target => format!("no pod of {target} is ready: {}", skipped.join("; ")),
+        }));
+    }
+    Ok(skipped)
 }
 
 #[cfg(test)]
@@ -337,7 +352,7 @@ mod tests {
     #[test]
     fn pods_yield_their_ip_epmd_port_and_node_host() {
         let base = serde_json::json!({
-            "metadata": {"name": "app-0", "namespace": "default"},
+            "metadata": {"name": "app-0", "namespace": "default", "uid": "uid-0"},
             "spec": {"hostname": "app-0", "subdomain": "app", "containers": [{"name": "app",
                 "ports": [{"name": "epmd", "containerPort": 4370}],
                 "env": [{"name": "RELEASE_NODE", "value": "app@$(POD_IP)"}, {"name": "RELEASE_COOKIE", "value": "c"}]}]},
@@ -345,6 +360,7 @@ mod tests {
                 "conditions": [{"type": "Ready", "status": "True"}]}
         });
         let info = pod_info(&pod(base.clone()), None).expect("ready");
+        assert_eq!(info.uid, "uid-0");
         assert_eq!(
             (info.ip.to_string(), info.epmd_port, info.host.as_str()),
             ("10.244.1.8".into(), 4370, "10.244.1.8")
@@ -381,6 +397,81 @@ mod tests {
             pod_info(&pod(unready), None)
                 .expect_err("unready")
                 .contains("not Ready")
+        );
+    }
+
+    #[test]
+    fn workload_selectors_read_expressions_and_refuse_to_select_everything() {
+        let sts = Target::StatefulSet("app".into());
+        let selector: LabelSelector = serde_json::from_value(serde_json::json!({
+            "matchLabels": {"team": "a"},
+            "matchExpressions": [
+                {"key": "app", "operator": "In", "values": ["app"]},
+                {"key": "tier", "operator": "Exists"},
+            ],
+        }))
+        .expect("selector");
+        let selector = workload_selector(&sts, selector).expect("readable");
+        assert_eq!(selector.to_string(), "team=a,app in (app),tier");
+        for (bad, why) in [
+            (serde_json::json!({}), "empty selector"),
+            (
+                serde_json::json!({"matchExpressions": [{"key": "app", "operator": "Near"}]}),
+                "cannot read",
+            ),
+        ] {
+            let bad: LabelSelector = serde_json::from_value(bad).expect("selector");
+            let e = workload_selector(&sts, bad).expect_err("refused");
+            assert!(e.to_string().contains(why), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_first_snapshot_must_have_something_ready() {
+        let ready = |name: &str| {
+            pod_info(
+                &pod(serde_json::json!({
+                    "metadata": {"name": name, "uid": name},
+                    "status": {"phase": "Running", "podIP": "10.244.1.8",
+                        "conditions": [{"type": "Ready", "status": "True"}]}
+                })),
+                None,
+            )
+        };
+        let not_ready =
+            |name: &str| Err::<PodInfo, _>(format!("pod {name} is Pending, not Running"));
+        let sts = Target::StatefulSet("app".into());
+        let pod0 = Target::Pod("app-0".into());
+        let snap = |pods: Vec<(&str, Result<PodInfo, String>)>| -> Snapshot {
+            pods.into_iter().map(|(n, p)| (n.to_owned(), p)).collect()
+        };
+        assert!(matches!(
+            check_first(&pod0, "default", &snap(vec![])),
+            Err(DiscoverError::NotFound(m)) if m == "pod app-0 in namespace default not found"
+        ));
+        assert!(matches!(
+            check_first(&sts, "prod", &snap(vec![])),
+            Err(DiscoverError::NotFound(m)) if m == "statefulset/app has no pods in namespace prod"
+        ));
+        assert!(matches!(
+            check_first(&pod0, "default", &snap(vec![("app-0", not_ready("app-0"))])),
+            Err(DiscoverError::NotReady(m)) if m == "pod app-0 is Pending, not Running"
+        ));
+        assert!(matches!(
+            check_first(&sts, "default", &snap(vec![("app-1", not_ready("app-1"))])),
+            Err(DiscoverError::NotReady(m)) if m.starts_with("no pod of statefulset/app is ready")
+        ));
+        assert_eq!(
+            check_first(
+                &sts,
+                "default",
+                &snap(vec![
+                    ("app-0", ready("app-0")),
+                    ("app-1", not_ready("app-1"))
+                ])
+            )
+            .expect("one ready"),
+            vec!["pod app-1 is Pending, not Running".to_owned()]
         );
     }
 }

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use serde_json::json;
 
-use crate::discover::{Target, discover};
+use crate::discover::{Target, watch_config};
 use crate::helper::{self, HelperError};
 use crate::k8s::ClusterOptions;
-use crate::output::Output;
-use crate::up::say;
+use crate::output::{self, Event, Output, chain, say};
+use crate::watch::PodWatch;
 
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,7 +160,7 @@ async fn kubernetes_checks(
                 vec![
                     failed(
                         "kubernetes",
-                        crate::up::chain(&e),
+                        chain(&e),
                         "check --kubeconfig / --context (kubectl config get-contexts shows them)",
                     ),
                     failed(
@@ -185,7 +185,7 @@ async fn kubernetes_checks(
         Err(e) => {
             checks.push(failed(
                 "kubernetes",
-                crate::up::chain(&e),
+                chain(&e),
                 "check that the API server in your kubeconfig is reachable (kubectl version)",
             ));
             checks.push(failed(
@@ -241,13 +241,28 @@ async fn kubernetes_checks(
         ));
     }
     let ips = match target {
-        Some(target) => discover(&client, &namespace, target, None)
+        Some(target) => pod_ips(&client, &namespace, target)
             .await
-            .map(|(pods, _)| pods.iter().map(|p| p.ip).collect())
             .unwrap_or_default(),
         None => Vec::new(),
     };
     (checks, ips)
+}
+
+/// The IPs of the target's ready pods.
+async fn pod_ips(
+    client: &kube::Client,
+    namespace: &str,
+    target: &Target,
+) -> Result<Vec<IpAddr>, crate::discover::DiscoverError> {
+    let config = watch_config(client, namespace, target).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let watch = PodWatch::start(pods, config, None, target.to_string()).await?;
+    Ok(watch
+        .snapshot()
+        .into_values()
+        .filter_map(|seen| seen.ok().map(|p| p.ip))
+        .collect())
 }
 
 /// Whether the kernel has a route to `ip` (a UDP connect looks the route up and sends nothing).
@@ -335,9 +350,19 @@ pub async fn run(
     let checks = checks(&socket, &cluster, target.as_ref()).await;
     for c in &checks {
         match output {
-            Output::Json => say(&json!({"event": "check", "check": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix}).to_string()),
+            Output::Json => output::emit(&Event::Check {
+                check: c.name.to_owned(),
+                ok: c.ok,
+                detail: c.detail.clone(),
+                fix: c.fix.clone(),
+            }),
             Output::Text => {
-                say(&format!("{} {:<10} {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail));
+                say(&format!(
+                    "{} {:<10} {}",
+                    if c.ok { "ok  " } else { "FAIL" },
+                    c.name,
+                    c.detail
+                ));
                 if let Some(fix) = &c.fix {
                     say(&format!("     {:<10} fix: {fix}", ""));
                 }
@@ -346,9 +371,10 @@ pub async fn run(
     }
     let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
     match output {
-        Output::Json => {
-            say(&json!({"event": "summary", "ok": failed.is_empty(), "failed": failed}).to_string())
-        }
+        Output::Json => output::emit(&Event::Summary {
+            ok: failed.is_empty(),
+            failed: failed.iter().map(|f| (*f).to_owned()).collect(),
+        }),
         Output::Text if failed.is_empty() => say("all checks passed"),
         Output::Text => say(&format!(
             "{} check(s) failed: {}",

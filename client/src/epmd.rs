@@ -24,6 +24,26 @@ pub struct Registered {
 #[error("epmd's NAMES reply is malformed: {0}")]
 pub struct Malformed(pub String);
 
+/// Why a pod's epmd could not tell its nodes.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// The pod refused the port: nothing listens there.
+    #[error("{0}")]
+    Refused(String),
+    /// The reply makes no sense.
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+    /// The connection failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// No answer in time.
+    #[error("no answer within {0} s")]
+    Timeout(u64),
+    /// epmd runs, but no node registered with it.
+    #[error("epmd answers, but no Erlang node is registered with it")]
+    NoNodes,
+}
+
 /// Parses a whole NAMES reply.
 pub fn parse_names(reply: &[u8]) -> Result<Vec<Registered>, Malformed> {
     let body = reply.get(4..).ok_or_else(|| {

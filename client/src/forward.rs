@@ -25,18 +25,23 @@ const RETRY_DELAYS: [Duration; 4] = [
 /// How long opening one port-forward may take before it counts as a failed try.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connection that could not be forwarded after every retry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The longest pause between two tries to accept while the process is out of descriptors.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A connection that could not be forwarded after every retry, or a listener that cannot
+/// accept for now.
+#[derive(Debug)]
 pub struct Failed {
     /// The pod.
     pub pod: String,
     /// The pod port.
     pub port: u16,
-    /// The last reason.
-    pub reason: String,
+    /// What went wrong.
+    pub error: ForwardError,
 }
 
 /// A local listener forwarding to one pod port.
+#[derive(Debug)]
 pub struct Forward {
     /// Where it listens.
     pub local: SocketAddr,
@@ -76,6 +81,22 @@ pub enum ForwardError {
     /// The local listener could not be bound.
     #[error("cannot listen on 127.0.0.1")]
     Listen(#[source] std::io::Error),
+    /// The listener cannot accept connections (out of descriptors, say); it tries again.
+    #[error(
+        "cannot accept connections on {local} (pod {pod} port {port}); new connections wait \
+         until it can again"
+    )]
+    Accept {
+        /// The listener.
+        local: SocketAddr,
+        /// The pod.
+        pod: String,
+        /// The port.
+        port: u16,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// Opening the port-forward took too long (a stalled API server).
     #[error("port-forward to pod {pod} port {port} got no answer within {OPEN_TIMEOUT:?}")]
     Stalled {
@@ -165,21 +186,63 @@ pub async fn listen(
         .map_err(ForwardError::Listen)?;
     let local = listener.local_addr().map_err(ForwardError::Listen)?;
     let task = tokio::spawn(async move {
+        let mut backoff: Option<Duration> = None;
         loop {
-            let Ok((conn, peer)) = listener.accept().await else {
-                continue;
+            let (conn, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) if out_of_resources(&e) => {
+                    // accept() fails at once while a connection waits in the backlog: without
+                    // a pause this loop would spin. Report the first failure of a run only.
+                    let delay = match backoff {
+                        None => {
+                            warn!(%pod, port, error = %e, "cannot accept; backing off");
+                            let error = ForwardError::Accept {
+                                local,
+                                pod: pod.clone(),
+                                port,
+                                source: e,
+                            };
+                            let _ = failures.send(Failed {
+                                pod: pod.clone(),
+                                port,
+                                error,
+                            });
+                            Duration::from_millis(10)
+                        }
+                        Some(delay) => (delay * 2).min(ACCEPT_BACKOFF_MAX),
+                    };
+                    backoff = Some(delay);
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                // The connection went away before it was accepted: nothing to do.
+                Err(e) => {
+                    debug!(%pod, port, error = %e, "accept failed");
+                    continue;
+                }
             };
+            if backoff.take().is_some() {
+                debug!(%pod, port, "accepting again");
+            }
             let (pods, pod, failures) = (pods.clone(), pod.clone(), failures.clone());
             tokio::spawn(async move {
-                if let Err(e) = relay(conn, &pods, &pod, port).await {
-                    warn!(%pod, port, %peer, error = %e, "a forwarded connection failed");
-                    let reason = crate::up::chain(&e);
-                    let _ = failures.send(Failed { pod, port, reason });
+                if let Err(error) = relay(conn, &pods, &pod, port).await {
+                    warn!(%pod, port, %peer, error = %error, "a forwarded connection failed");
+                    let _ = failures.send(Failed { pod, port, error });
                 }
             });
         }
     });
     Ok(Forward { local, task })
+}
+
+/// Whether an accept error means the process or system ran out of something (descriptors,
+/// memory) rather than that one connection failed.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 async fn relay(

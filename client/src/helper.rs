@@ -16,7 +16,7 @@ pub const ENV_HELPER_SOCKET: &str = "ERLBRIDGE_HELPER_SOCKET";
 pub enum HelperError {
     /// Nothing answers on the socket.
     #[error(
-        "erlbridge-helperd is not reachable at {socket}: {reason}. Is it installed and running? \
+        "erlbridge-helperd is not reachable at {socket}. Is it installed and running? \
          (systemctl status erlbridge-helperd.socket; ERLBRIDGE_HELPER_SOCKET or --helper-socket \
          name another socket)"
     )]
@@ -24,7 +24,8 @@ pub enum HelperError {
         /// The socket.
         socket: PathBuf,
         /// What failed.
-        reason: String,
+        #[source]
+        source: BoxError,
     },
     /// The socket exists but this user may not open it.
     #[error(
@@ -45,6 +46,13 @@ pub enum HelperError {
     },
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the helper said, as its own words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Said(pub String);
+
 /// A live helper session.
 pub struct Session {
     client: pb::helper_client::HelperClient<Channel>,
@@ -60,10 +68,10 @@ fn refused(what: impl Into<String>, status: tonic::Status) -> HelperError {
     }
 }
 
-fn unreachable(socket: &Path, status: &tonic::Status) -> HelperError {
+fn unreachable(socket: &Path, why: impl Into<String>) -> HelperError {
     HelperError::Unreachable {
         socket: socket.to_owned(),
-        reason: status.message().to_owned(),
+        source: Box::new(Said(why.into())),
     }
 }
 
@@ -79,7 +87,7 @@ pub async fn connect(
             },
             _ => HelperError::Unreachable {
                 socket: socket.to_owned(),
-                reason: crate::up::chain(&e),
+                source: Box::new(e),
             },
         })
 }
@@ -91,7 +99,7 @@ pub async fn who_am_i(socket: &Path) -> Result<pb::WhoAmIResponse, HelperError> 
         .who_am_i(pb::WhoAmIRequest {})
         .await
         .map(tonic::Response::into_inner)
-        .map_err(|status| unreachable(socket, &status))
+        .map_err(|status| unreachable(socket, status.message()))
 }
 
 /// This user's live sessions (every session, for root).
@@ -101,7 +109,7 @@ pub async fn sessions(socket: &Path) -> Result<Vec<pb::SessionInfo>, HelperError
         .list_sessions(pb::ListSessionsRequest {})
         .await
         .map(|r| r.into_inner().sessions)
-        .map_err(|status| unreachable(socket, &status))
+        .map_err(|status| unreachable(socket, status.message()))
 }
 
 impl Session {
@@ -116,7 +124,7 @@ impl Session {
         let mut events = match open {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == tonic::Code::Unavailable => {
-                return Err(unreachable(socket, &status));
+                return Err(unreachable(socket, status.message()));
             }
             Err(status) => return Err(refused("a session", status)),
         };
@@ -126,10 +134,7 @@ impl Session {
                 id: opened.session_id,
                 events,
             }),
-            None => Err(HelperError::Unreachable {
-                socket: socket.to_owned(),
-                reason: "the helper closed the session at once".to_owned(),
-            }),
+            None => Err(unreachable(socket, "the helper closed the session at once")),
         }
     }
 
@@ -167,13 +172,14 @@ impl Session {
     }
 }
 
-/// A session that outlives the helper: it remembers its mappings, and after the helper comes
-/// back, [`Link::restore`] opens a new session and adds them again.
+/// The bridge's line to the helper: a session that can be lost (the helper stopped or
+/// restarted) and opened again. Each session has a generation number; redirects made on an
+/// older one are gone, and the bridge's plan adds them again ([`crate::reconcile`]).
 pub struct Link {
     socket: PathBuf,
     label: String,
     session: Option<Session>,
-    mappings: std::collections::BTreeMap<SocketAddr, u16>,
+    generation: u64,
 }
 
 impl Link {
@@ -183,22 +189,31 @@ impl Link {
             session: Some(Session::open(socket, label).await?),
             socket: socket.to_owned(),
             label: label.to_owned(),
-            mappings: Default::default(),
+            generation: 1,
         })
     }
 
-    /// Redirects `pod` to 127.0.0.1:`local_port` (now, or on restore while the helper is away).
+    /// The live (or last) session's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether a session is live.
+    pub fn is_live(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// Redirects `pod` to 127.0.0.1:`local_port` in the live session; without one there is
+    /// nothing to do (the next session's plan adds it).
     pub async fn map(&mut self, pod: SocketAddr, local_port: u16) -> Result<(), HelperError> {
-        if let Some(session) = &mut self.session {
-            session.map(pod, local_port).await?;
+        match &mut self.session {
+            Some(session) => session.map(pod, local_port).await,
+            None => Ok(()),
         }
-        self.mappings.insert(pod, local_port);
-        Ok(())
     }
 
     /// Removes the redirect of `pod`.
     pub async fn unmap(&mut self, pod: SocketAddr) -> Result<(), HelperError> {
-        self.mappings.remove(&pod);
         match &mut self.session {
             Some(session) => session.unmap(pod).await,
             None => Ok(()),
@@ -214,13 +229,10 @@ impl Link {
         self.session = None;
     }
 
-    /// Opens a new session and adds every remembered mapping again.
-    pub async fn restore(&mut self) -> Result<(), HelperError> {
-        let mut session = Session::open(&self.socket, &self.label).await?;
-        for (pod, port) in &self.mappings {
-            session.map(*pod, *port).await?;
-        }
-        self.session = Some(session);
+    /// Opens a new session, of the next generation.
+    pub async fn reopen(&mut self) -> Result<(), HelperError> {
+        self.session = Some(Session::open(&self.socket, &self.label).await?);
+        self.generation += 1;
         Ok(())
     }
 }

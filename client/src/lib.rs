@@ -1,9 +1,11 @@
-//! erlbridge, the unprivileged client. `erlbridge up app-0` finds the pod through the
-//! Kubernetes API ([`k8s`], [`discover`]), asks its epmd which Erlang nodes run there
-//! ([`epmd`]), forwards their ports through the API ([`forward`]), and asks erlbridge-helperd
-//! (crate `erlbridge-proto` is its API) to redirect this user's connections to the pod's
-//! addresses onto those forwards ([`helper`]); [`bridge`] ties it together, [`up`] is the
-//! command around it and [`output`] what the user reads. Nothing here needs root.
+//! erlbridge, the unprivileged client. `erlbridge up app-0` turns the target into one pod
+//! watch through the Kubernetes API ([`k8s`], [`discover`], [`watch`]), asks each pod's epmd
+//! which Erlang nodes run there ([`epmd`]), forwards their ports through the API
+//! ([`forward`]), and asks erlbridge-helperd (crate `erlbridge-proto` is its API) to redirect
+//! this user's connections to the pods' addresses onto those forwards ([`helper`]).
+//! [`bridge`] holds that network state and keeps it healed by the pure plan of [`reconcile`];
+//! the commands ([`up`], [`remsh`], [`status`], [`doctor`]) sit around it, and everything a
+//! person or script reads goes through [`output`]. Nothing here needs root.
 #![deny(unsafe_code)]
 
 pub mod bridge;
@@ -15,8 +17,11 @@ pub mod epmd;
 pub mod forward;
 pub mod generate;
 pub mod helper;
+pub mod inetrc;
 pub mod k8s;
 pub mod output;
+pub mod reconcile;
 pub mod remsh;
 pub mod status;
 pub mod up;
+pub mod watch;

@@ -50,17 +50,27 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::OTHER);
         }
     };
-    let code = runtime.block_on(async {
+    let output = cli.command.output();
+    let result = runtime.block_on(async {
         match cli.command {
             Command::Up(args) => erlbridge::up::run(args).await,
             Command::Remsh(args) => erlbridge::remsh::run(args).await,
             Command::Status(args) => erlbridge::status::run(args.helper_socket, args.output).await,
             Command::Doctor(args) => {
                 let cluster = args.cluster.options();
-                erlbridge::doctor::run(args.helper_socket, cluster, args.target, args.output).await
+                Ok(
+                    erlbridge::doctor::run(args.helper_socket, cluster, args.target, args.output)
+                        .await,
+                )
             }
-            Command::Completions { .. } | Command::Man => exit::OK,
+            Command::Completions { .. } | Command::Man => Ok(exit::OK),
         }
     });
-    ExitCode::from(code)
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            erlbridge::output::fail(output, &failure);
+            ExitCode::from(failure.code)
+        }
+    }
 }

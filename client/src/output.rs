@@ -1,9 +1,18 @@
-//! What the user sees: in text mode, the node names and the exact commands to paste; in JSON
-//! mode, one event object per line. Progress and warnings go to stderr.
+//! The one reporting edge: everything erlbridge tells a person or a script goes through here.
+//! In JSON mode (`--output json`) that is one [`Event`] per line on stdout, a single serde type
+//! that scripts (and the tests) read back; in text mode, sentences and the exact commands to
+//! paste ([`text`]). Commands return a [`Failure`] instead of printing it; `main` reports it
+//! once. Errors are shown with their causes, each once ([`chain`]); never as Debug.
 
-use serde_json::json;
+use std::io::Write as _;
+use std::path::PathBuf;
 
-use crate::bridge::{Bridge, BridgedNode, Change};
+use serde::{Deserialize, Serialize};
+
+use crate::bridge::{BridgedNode, Change};
+use crate::forward::ForwardError;
+
+pub mod text;
 
 /// `--output`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -14,158 +23,355 @@ pub enum Output {
     Json,
 }
 
-/// The ready report.
-pub fn ready(output: Output, bridge: &Bridge, show_cookie: bool) -> String {
-    match output {
-        Output::Json => json!({
-            "event": "ready",
-            "nodes": nodes_json(&bridge.nodes()),
-            "inetrc": bridge.inetrc.as_ref().map(|p| p.display().to_string()),
-        })
-        .to_string(),
-        Output::Text => ready_text(bridge, show_cookie),
+/// One line of JSON output. The `event` field names the variant; fields are only ever added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The bridge is up.
+    Ready {
+        /// Every bridged node.
+        nodes: Vec<BridgedNode>,
+        /// The ERL_INETRC file for DNS-named nodes, if any.
+        inetrc: Option<PathBuf>,
+    },
+    /// A pod (a new replica) is bridged.
+    PodAdded {
+        /// The pod.
+        pod: String,
+        /// Its nodes.
+        nodes: Vec<BridgedNode>,
+    },
+    /// A pod came back (new IP, or re-created): its nodes are bridged where it is now.
+    PodChanged {
+        /// The pod.
+        pod: String,
+        /// Its nodes.
+        nodes: Vec<BridgedNode>,
+    },
+    /// A pod left the target; its nodes are no longer bridged.
+    PodRemoved {
+        /// The pod.
+        pod: String,
+        /// The nodes it had.
+        nodes: Vec<BridgedNode>,
+    },
+    /// A pod could not be bridged, or a connection to it not forwarded; tried again.
+    PodUnreachable {
+        /// The pod.
+        pod: String,
+        /// Why.
+        message: String,
+    },
+    /// erlbridge-helperd went away; redirects are off until it is back.
+    HelperLost,
+    /// erlbridge-helperd is back and every redirect restored.
+    HelperRestored,
+    /// Something worth knowing that changes nothing by itself.
+    Warning {
+        /// What.
+        message: String,
+    },
+    /// The command failed.
+    Error {
+        /// The exit code.
+        code: u8,
+        /// The failure's kind (`target_not_found`, `helper_refused`, ...).
+        kind: String,
+        /// What happened and what to do.
+        message: String,
+    },
+    /// `-- CMD` exited.
+    Exited {
+        /// Its exit code, which is erlbridge's.
+        code: u8,
+    },
+    /// One `doctor` check.
+    Check {
+        /// Its name.
+        check: String,
+        /// Whether it passed.
+        ok: bool,
+        /// What was found.
+        detail: String,
+        /// What to do, when it failed.
+        fix: Option<String>,
+    },
+    /// `doctor`'s verdict.
+    Summary {
+        /// Whether every check passed.
+        ok: bool,
+        /// The checks that failed.
+        failed: Vec<String>,
+    },
+    /// `erlbridge status`.
+    Status(Box<StatusReport>),
+}
+
+/// What `erlbridge status` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The helper.
+    pub helper: HelperInfo,
+    /// The caller, as the helper sees it.
+    pub caller: CallerInfo,
+    /// The helper's policy.
+    pub policy: PolicyInfo,
+    /// The caller's live sessions.
+    pub sessions: Vec<SessionReport>,
+}
+
+/// The helper, in a status report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelperInfo {
+    /// Its version.
+    pub version: String,
+    /// The API version it speaks.
+    pub api_version: u32,
+    /// Its socket.
+    pub socket: String,
+    /// What `nft --version` said.
+    pub nft: String,
+}
+
+/// The caller, in a status report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerInfo {
+    /// uid.
+    pub uid: u32,
+    /// gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Whether the helper serves it.
+    pub allowed: bool,
+    /// Why not, when not.
+    pub refusal: String,
+}
+
+/// The helper's policy, in a status report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    /// The access group.
+    pub group: String,
+    /// uids allowed without the group.
+    pub allowed_uids: Vec<u32>,
+    /// Pod networks.
+    pub allowed_cidrs: Vec<String>,
+    /// Mappings per uid.
+    pub max_rules_per_uid: u32,
+    /// Sessions per uid.
+    pub max_sessions_per_uid: u32,
+    /// Whether loopback aliases are allowed.
+    pub aliases: bool,
+}
+
+/// One session, in a status report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionReport {
+    /// Its id.
+    pub session: u64,
+    /// Its owner.
+    pub uid: u32,
+    /// The process that opened it.
+    pub pid: u32,
+    /// Its label.
+    pub label: String,
+    /// When it was opened.
+    pub opened_unix_seconds: u64,
+    /// Its mappings.
+    pub mappings: Vec<MappingReport>,
+    /// Its loopback aliases.
+    pub aliases: Vec<String>,
+}
+
+/// One mapping, in a status report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingReport {
+    /// The pod address.
+    pub pod_ip: String,
+    /// The pod port.
+    pub pod_port: u32,
+    /// Where it goes.
+    pub local_ip: String,
+    /// Where it goes.
+    pub local_port: u32,
+    /// Whose connections it redirects.
+    pub uid: u32,
+}
+
+/// Why a command failed: its exit code, its kind and the sentence a person reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The exit code (`cli::exit`).
+    pub code: u8,
+    /// The kind, for JSON output.
+    pub kind: &'static str,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with a message.
+    pub fn new(code: u8, kind: &'static str, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// A failure whose message is `error` with its causes.
+    pub fn of(code: u8, kind: &'static str, error: &dyn std::error::Error) -> Failure {
+        Failure::new(code, kind, chain(error))
     }
 }
 
-fn ready_text(bridge: &Bridge, show_cookie: bool) -> String {
-    let mut text = String::new();
-    let count = bridge.nodes().len();
-    text.push_str(&format!(
-        "erlbridge: {count} node{} bridged\n",
-        if count == 1 { "" } else { "s" }
-    ));
-    for n in &bridge.nodes() {
-        text.push_str(&format!(
-            "  {:<40} pod {}/{} ({}), epmd {}, distribution {}\n",
-            n.node, n.namespace, n.pod, n.ip, n.epmd_port, n.dist_port
-        ));
+/// An error with its causes, each said once: "X: because Y".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text = format!("{text}: {s_text}");
+        }
+        source = s.source();
     }
-    let nodes = bridge.nodes();
-    let Some(first) = nodes.first() else {
-        return text;
-    };
-    let env = match &bridge.inetrc {
-        Some(path) => format!("ERL_INETRC={} ", path.display()),
-        None => String::new(),
-    };
-    let (cookie, intro) = match (&bridge.cookie, show_cookie) {
-        (Some(cookie), true) => (cookie.clone(), "Connect a hidden local node:".to_owned()),
-        (Some(_), false) => (
-            "\"$COOKIE\"".to_owned(),
-            "Set COOKIE to the nodes' cookie (--show-cookie prints it, --cookie-file writes it), then connect a hidden local node:".to_owned(),
-        ),
-        (None, _) => (
-            "\"$COOKIE\"".to_owned(),
-            "Set COOKIE to the nodes' cookie (or let erlbridge read it: --cookie-from secret/NAME), then connect a hidden local node:".to_owned(),
-        ),
-    };
-    text.push_str(&format!(
-        "\n{intro}\n\
-         \x20 {env}iex --name me@127.0.0.1 --cookie {cookie} --hidden --remsh {node}\n\
-         \x20 {env}erl -name me@127.0.0.1 -setcookie {cookie} -hidden -remsh {node}\n\
-         \x20 or, in a node started with --hidden: Node.connect(:\"{node}\")\n",
-        node = first.node
-    ));
-    if let Some(path) = &bridge.inetrc {
-        text.push_str(&format!(
-            "The nodes are named by DNS; ERL_INETRC={} makes a local node resolve those names.\n",
-            path.display()
-        ));
-    }
-    text.push_str(
-        "Keep local nodes hidden: the pods cannot dial back to this machine, and a visible node \
-         they cannot reach makes `global` disconnect the pods from each other.\n\
-         Ctrl-C ends the bridge and removes its rules.\n",
-    );
     text
 }
 
-/// An error report.
-pub fn error(output: Output, code: u8, kind: &str, message: &str) -> String {
-    match output {
-        Output::Json => {
-            json!({"event": "error", "code": code, "kind": kind, "message": message}).to_string()
-        }
-        Output::Text => format!("erlbridge: {message}"),
+/// Writes one line to stdout at once.
+pub fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Writes `event` as one JSON line on stdout.
+pub fn emit(event: &Event) {
+    match serde_json::to_string(event) {
+        Ok(line) => say(&line),
+        Err(e) => eprintln!("erlbridge: cannot write an event: {e}"),
     }
 }
 
-/// A note (skipped pods and the like).
-pub fn warning(output: Output, message: &str) -> String {
+/// Reports a failure the way `--output` asks: an `error` event on stdout, or a sentence on
+/// stderr.
+pub fn fail(output: Output, failure: &Failure) {
     match output {
-        Output::Json => json!({"event": "warning", "message": message}).to_string(),
-        Output::Text => format!("erlbridge: warning: {message}"),
+        Output::Json => emit(&Event::Error {
+            code: failure.code,
+            kind: failure.kind.to_owned(),
+            message: failure.message.clone(),
+        }),
+        Output::Text => eprintln!("erlbridge: {}", failure.message),
     }
 }
 
-fn nodes_json(nodes: &[BridgedNode]) -> Vec<serde_json::Value> {
-    nodes
-        .iter()
-        .map(|n| {
-            json!({
-                "node": n.node, "pod": n.pod, "namespace": n.namespace, "ip": n.ip.to_string(),
-                "epmd_port": n.epmd_port, "dist_port": n.dist_port,
-            })
-        })
-        .collect()
-}
-
-fn names(nodes: &[BridgedNode]) -> String {
-    nodes
-        .iter()
-        .map(|n| n.node.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// A change the bridge made while up.
-pub fn change(output: Output, change: &Change) -> String {
-    let pod_of = |nodes: &[BridgedNode]| nodes.first().map(|n| n.pod.clone()).unwrap_or_default();
+/// Reports a note that changes nothing: a `warning` event, or a line on stderr.
+pub fn warn(output: Output, message: &str) {
     match output {
-        Output::Json => match change {
-            Change::PodAdded(nodes) => {
-                json!({"event": "pod_added", "pod": pod_of(nodes), "nodes": nodes_json(nodes)})
-            }
-            Change::PodChanged(nodes) => {
-                json!({"event": "pod_changed", "pod": pod_of(nodes), "nodes": nodes_json(nodes)})
-            }
-            Change::PodRemoved(nodes) => {
-                json!({"event": "pod_removed", "pod": pod_of(nodes), "nodes": nodes_json(nodes)})
-            }
-            Change::PodUnreachable { pod, reason } => {
-                json!({"event": "pod_unreachable", "pod": pod, "message": reason})
-            }
-            Change::HelperLost => json!({"event": "helper_lost"}),
-            Change::HelperRestored => json!({"event": "helper_restored"}),
-        }
-        .to_string(),
-        Output::Text => match change {
-            Change::PodAdded(nodes) => format!(
-                "erlbridge: pod {} added; bridged {}",
-                pod_of(nodes),
-                names(nodes)
-            ),
-            Change::PodChanged(nodes) => format!(
-                "erlbridge: pod {} came back at {}; bridged {}",
-                pod_of(nodes),
-                nodes.first().map(|n| n.ip.to_string()).unwrap_or_default(),
-                names(nodes)
-            ),
-            Change::PodRemoved(nodes) => format!(
-                "erlbridge: pod {} is gone; {} no longer bridged",
-                pod_of(nodes),
-                names(nodes)
-            ),
-            Change::PodUnreachable { pod, reason } => {
-                format!("erlbridge: pod {pod} cannot be bridged yet ({reason}); retrying")
-            }
-            Change::HelperLost => {
-                "erlbridge: erlbridge-helperd went away; redirects are off until it is back"
-                    .to_owned()
-            }
-            Change::HelperRestored => {
-                "erlbridge: erlbridge-helperd is back; every redirect restored".to_owned()
-            }
+        Output::Json => emit(&Event::Warning {
+            message: message.to_owned(),
+        }),
+        Output::Text => eprintln!("erlbridge: warning: {message}"),
+    }
+}
+
+/// Reports a change the bridge made while up.
+pub fn change(output: Output, change: &Change) {
+    match output {
+        Output::Json => emit(&change_event(change)),
+        Output::Text => say(&text::change(change)),
+    }
+}
+
+/// The JSON event for a change.
+pub fn change_event(change: &Change) -> Event {
+    match change {
+        Change::PodAdded { pod, nodes } => Event::PodAdded {
+            pod: pod.clone(),
+            nodes: nodes.clone(),
         },
+        Change::PodChanged { pod, nodes } => Event::PodChanged {
+            pod: pod.clone(),
+            nodes: nodes.clone(),
+        },
+        Change::PodRemoved { pod, nodes } => Event::PodRemoved {
+            pod: pod.clone(),
+            nodes: nodes.clone(),
+        },
+        Change::PodUnreachable { pod, error } => Event::PodUnreachable {
+            pod: pod.clone(),
+            message: chain(error),
+        },
+        Change::ConnectionFailed(failed) => match &failed.error {
+            ForwardError::Accept { .. } => Event::Warning {
+                message: chain(&failed.error),
+            },
+            error => Event::PodUnreachable {
+                pod: failed.pod.clone(),
+                message: format!(
+                    "a connection to port {} could not be forwarded: {}",
+                    failed.port,
+                    chain(error)
+                ),
+            },
+        },
+        Change::HelperLost => Event::HelperLost,
+        Change::HelperRestored => Event::HelperRestored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_keep_the_fields_scripts_read() {
+        let node = BridgedNode {
+            node: "app@10.244.1.8".into(),
+            pod: "app-0".into(),
+            namespace: "default".into(),
+            ip: "10.244.1.8".parse().unwrap(),
+            epmd_port: 4369,
+            dist_port: 9100,
+        };
+        let ready = Event::Ready {
+            nodes: vec![node.clone()],
+            inetrc: None,
+        };
+        let json: serde_json::Value = serde_json::to_value(&ready).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"event": "ready", "inetrc": null, "nodes": [{
+                "node": "app@10.244.1.8", "pod": "app-0", "namespace": "default",
+                "ip": "10.244.1.8", "epmd_port": 4369, "dist_port": 9100}]})
+        );
+        for (event, text) in [
+            (Event::HelperLost, r#"{"event":"helper_lost"}"#),
+            (Event::Exited { code: 3 }, r#"{"event":"exited","code":3}"#),
+            (
+                Event::PodUnreachable {
+                    pod: "app-0".into(),
+                    message: "m".into(),
+                },
+                r#"{"event":"pod_unreachable","pod":"app-0","message":"m"}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&event).unwrap(), text);
+            assert_eq!(serde_json::from_str::<Event>(text).unwrap(), event);
+        }
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back, ready);
+    }
+
+    #[test]
+    fn chains_say_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot reach the API server")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("connection refused"));
+        assert_eq!(chain(&e), "cannot reach the API server: connection refused");
     }
 }

@@ -3,11 +3,11 @@
 //! terminal. The cookie reaches the shell through ERL_FLAGS, not its command line (which every
 //! user can read in `ps`). The bridge ends when the shell exits, with the shell's exit code.
 
-use crate::cli::{RemshArgs, exit};
-use crate::output::Output;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::up::{bring_up, fail, say};
+use crate::cli::{RemshArgs, exit};
+use crate::output::{self, Failure, Output};
+use crate::up::{Up, bring_up};
 
 /// Where `program` is on PATH, as an executable file.
 pub fn find_on_path(program: &str) -> Option<std::path::PathBuf> {
@@ -33,37 +33,39 @@ pub fn shell_argv(iex: bool, local: &str, node: &str) -> Vec<String> {
 }
 
 /// Runs `erlbridge remsh`; returns the process's exit code.
-pub async fn run(args: RemshArgs) -> u8 {
+pub async fn run(args: RemshArgs) -> Result<u8, Failure> {
     let output = args.bridge.output;
-    let mut bridge = match bring_up(&args.bridge).await {
-        Ok(bridge) => bridge,
-        Err(code) => return code,
-    };
-    let Some(cookie) = bridge.cookie.clone() else {
-        let message = "no cookie is known for the shell; say where it is with --cookie-from secret/NAME[:KEY] or --cookie-from env";
-        return fail(output, exit::NOT_FOUND, "cookie_not_found", message);
+    let Up { mut bridge, cookie } = bring_up(&args.bridge).await?;
+    let Some(cookie) = cookie else {
+        return Err(Failure::new(
+            exit::NOT_FOUND,
+            "cookie_not_found",
+            "no cookie is known for the shell; say where it is with --cookie-from secret/NAME[:KEY] or --cookie-from env",
+        ));
     };
     let nodes = bridge.nodes();
     let node = match &args.node {
         Some(wanted) if nodes.iter().any(|n| &n.node == wanted) => wanted.clone(),
         Some(wanted) => {
             let known: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
-            let message = format!(
-                "--node {wanted} is not bridged; bridged: {}",
-                known.join(", ")
-            );
-            return fail(output, exit::NOT_FOUND, "node_not_found", &message);
+            return Err(Failure::new(
+                exit::NOT_FOUND,
+                "node_not_found",
+                format!(
+                    "--node {wanted} is not bridged; bridged: {}",
+                    known.join(", ")
+                ),
+            ));
         }
         None => nodes.first().map(|n| n.node.clone()).unwrap_or_default(),
     };
     let iex = !args.erl && find_on_path("iex").is_some();
     if !iex && find_on_path("erl").is_none() {
-        return fail(
-            output,
+        return Err(Failure::new(
             exit::OTHER,
             "local",
             "neither iex nor erl is on PATH; install Erlang/Elixir",
-        );
+        ));
     }
     let local = format!("erlbridge{}@127.0.0.1", std::process::id());
     let argv = shell_argv(iex, &local, &node);
@@ -74,38 +76,38 @@ pub async fn run(args: RemshArgs) -> u8 {
     cmd.args(&argv[1..])
         .env("ERL_FLAGS", format!("-setcookie {cookie}"))
         .kill_on_drop(true);
-    if let Some(path) = &bridge.inetrc {
+    if let Some(path) = &bridge.ready().inetrc {
         cmd.env("ERL_INETRC", path);
     }
-    let mut shell = match cmd.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            return fail(
-                output,
-                exit::OTHER,
-                "local",
-                &format!("cannot start {}: {e}", argv[0]),
-            );
-        }
-    };
+    let mut shell = cmd.spawn().map_err(|e| {
+        Failure::new(
+            exit::OTHER,
+            "local",
+            format!("cannot start {}: {e}", argv[0]),
+        )
+    })?;
     // Ctrl-C belongs to the shell (its BREAK menu): erlbridge takes SIGINT and ignores it, and
     // stops early only on SIGTERM.
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
     ) else {
-        return fail(output, exit::OTHER, "local", "cannot handle signals");
+        return Err(Failure::new(exit::OTHER, "local", "cannot handle signals"));
     };
-    let heal = bridge.run(|change| say(&crate::output::change(output, &change)));
+    let heal = async {
+        bridge.run(|change| output::change(output, &change)).await;
+        // The watch ended for good: keep the bridge as it is.
+        std::future::pending::<()>().await
+    };
     tokio::pin!(heal);
     loop {
         tokio::select! {
             status = shell.wait() => {
-                return status.ok().and_then(|s| s.code()).and_then(|c| u8::try_from(c).ok()).unwrap_or(exit::OTHER);
+                return Ok(status.ok().and_then(|s| s.code()).and_then(|c| u8::try_from(c).ok()).unwrap_or(exit::OTHER));
             }
-            () = &mut heal => return exit::OTHER,
+            () = &mut heal => {}
             _ = int.recv() => {}
-            _ = term.recv() => return 128 + 15,
+            _ = term.recv() => return Ok(128 + 15),
         }
     }
 }

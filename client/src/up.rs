@@ -1,156 +1,181 @@
 //! The `up` subcommand: bring the bridge up, say what to type, then hold it until Ctrl-C or
-//! SIGTERM, or run `-- CMD` and end with its exit code. Every failure is reported with the
-//! exit code `cli::exit` documents, and leaves nothing behind (the helper session's end
-//! removes the rules).
+//! SIGTERM, or run `-- CMD` and end with its exit code. Every failure comes back as a
+//! [`Failure`] with the exit code `cli::exit` documents, and leaves nothing behind (the helper
+//! session's end removes the rules).
 
-use std::io::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::bridge::{Bridge, UpError, UpOptions, up};
+use crate::bridge::{Bridge, BridgeError, Ready};
 use crate::cli::{BridgeArgs, UpArgs, exit};
 use crate::cookie::CookieError;
-use crate::discover::DiscoverError;
+use crate::discover::{DiscoverError, check_first, watch_config};
 use crate::forward::ForwardError;
-use crate::helper::HelperError;
-use crate::output::{self, Output};
+use crate::helper::{HelperError, Link};
+use crate::k8s::K8sError;
+use crate::output::{self, Event, Failure, Output};
+use crate::watch::PodWatch;
+
+/// Why the bridge could not be brought up.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// No Kubernetes client could be made.
+    #[error(transparent)]
+    Cluster(#[from] K8sError),
+    /// The target could not be resolved.
+    #[error(transparent)]
+    Discover(#[from] DiscoverError),
+    /// The cookie could not be had.
+    #[error(transparent)]
+    Cookie(#[from] CookieError),
+    /// The helper could not be used.
+    #[error(transparent)]
+    Helper(#[from] HelperError),
+    /// A pod could not be bridged.
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+}
 
 /// The exit code and kind of a failure.
 pub fn classify(e: &UpError) -> (u8, &'static str) {
     let forbidden =
         |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 401 || s.code == 403);
+    let helper = |e: &HelperError| match e {
+        HelperError::Refused { .. } => (exit::HELPER_REFUSED, "helper_refused"),
+        _ => (exit::HELPER_UNREACHABLE, "helper_unreachable"),
+    };
     match e {
         UpError::Cluster(_) => (exit::KUBERNETES, "kubernetes"),
         UpError::Discover(DiscoverError::NotFound(_)) => (exit::NOT_FOUND, "target_not_found"),
         UpError::Discover(DiscoverError::NotReady(_)) => (exit::NOT_READY, "target_not_ready"),
         UpError::Discover(DiscoverError::Forbidden(_)) => (exit::FORBIDDEN, "kubernetes_forbidden"),
         UpError::Discover(DiscoverError::Api(_)) => (exit::KUBERNETES, "kubernetes"),
-        UpError::Forward(ForwardError::Api { source, .. }) if forbidden(source) => {
+        UpError::Discover(DiscoverError::Selector(_)) => (exit::NOT_FOUND, "target_not_found"),
+        UpError::Bridge(BridgeError::Forward(ForwardError::Api { source, .. }))
+            if forbidden(source) =>
+        {
             (exit::FORBIDDEN, "kubernetes_forbidden")
         }
-        UpError::Forward(ForwardError::Api { .. } | ForwardError::Stalled { .. }) => {
-            (exit::KUBERNETES, "kubernetes")
-        }
-        UpError::Forward(ForwardError::Refused { .. }) | UpError::NoEpmd { .. } => {
-            (exit::NOT_READY, "no_epmd")
-        }
-        UpError::Forward(ForwardError::Listen(_)) | UpError::Inetrc(..) => (exit::OTHER, "local"),
-        UpError::Helper(HelperError::Refused { .. }) => (exit::HELPER_REFUSED, "helper_refused"),
-        UpError::Helper(_) => (exit::HELPER_UNREACHABLE, "helper_unreachable"),
+        UpError::Bridge(BridgeError::Forward(
+            ForwardError::Api { .. } | ForwardError::Stalled { .. },
+        )) => (exit::KUBERNETES, "kubernetes"),
+        UpError::Bridge(
+            BridgeError::Forward(ForwardError::Refused { .. }) | BridgeError::NoEpmd { .. },
+        ) => (exit::NOT_READY, "no_epmd"),
+        UpError::Bridge(
+            BridgeError::Forward(ForwardError::Listen(_) | ForwardError::Accept { .. })
+            | BridgeError::Inetrc(_),
+        ) => (exit::OTHER, "local"),
+        UpError::Bridge(BridgeError::Helper(e)) | UpError::Helper(e) => helper(e),
         UpError::Cookie(CookieError::NotFound(_)) => (exit::NOT_FOUND, "cookie_not_found"),
         UpError::Cookie(CookieError::Forbidden { .. }) => (exit::FORBIDDEN, "kubernetes_forbidden"),
         UpError::Cookie(CookieError::Api(..)) => (exit::KUBERNETES, "kubernetes"),
     }
 }
 
-/// An error with its causes, each said once.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text = format!("{text}: {s_text}");
-        }
-        source = s.source();
+impl From<UpError> for Failure {
+    fn from(e: UpError) -> Failure {
+        let (code, kind) = classify(&e);
+        Failure::of(code, kind, &e)
     }
-    text
 }
 
-pub(crate) fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+/// A bridge that is up, and the nodes' cookie when known (never logged, never in JSON).
+pub(crate) struct Up {
+    pub(crate) bridge: Bridge,
+    pub(crate) cookie: Option<String>,
 }
 
-/// Reports a failure the way `--output` asks: JSON on stdout, text on stderr.
-pub(crate) fn fail(output: Output, code: u8, kind: &str, message: &str) -> u8 {
-    let line = output::error(output, code, kind, message);
-    match output {
-        Output::Json => say(&line),
-        Output::Text => eprintln!("{line}"),
-    }
-    code
+/// Watches the target, checks its first snapshot, finds the cookie, opens the helper session
+/// and bridges every ready pod.
+async fn up(args: &BridgeArgs) -> Result<Up, UpError> {
+    let target = args.target();
+    let (client, namespace) = crate::k8s::connect(&args.cluster.options()).await?;
+    let config = watch_config(&client, &namespace, &target).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let what = format!("{target} in namespace {namespace}");
+    let watch = PodWatch::start(pods, config, args.node_host, what).await?;
+    let snapshot = watch.snapshot();
+    check_first(&target, &namespace, &snapshot)?;
+    let ready: Vec<_> = snapshot.into_values().filter_map(Result::ok).collect();
+    let cookie =
+        crate::cookie::find(&client, &namespace, args.cookie_from.as_ref(), &ready).await?;
+    let helper = Link::open(&args.helper_socket, &format!("erlbridge up {target}")).await?;
+    let bridge = Bridge::up(client, &namespace, watch, helper).await?;
+    Ok(Up { bridge, cookie })
 }
 
 /// Brings the bridge up (within `--ready-timeout`), writes the cookie file if asked, and
-/// reports the outcome; on failure, returns the exit code.
-pub(crate) async fn bring_up(args: &BridgeArgs) -> Result<Bridge, u8> {
-    let opts = UpOptions {
-        cluster: args.cluster.options(),
-        target: args.target(),
-        node_host: args.node_host,
-        helper_socket: args.helper_socket.clone(),
-        cookie_from: args.cookie_from.clone(),
-    };
+/// reports it ready.
+pub(crate) async fn bring_up(args: &BridgeArgs) -> Result<Up, Failure> {
     if args.output == Output::Text {
-        eprintln!("erlbridge: bridging {} ...", opts.target);
+        eprintln!("erlbridge: bridging {} ...", args.target());
     }
-    let result = match args.ready_timeout {
-        Some(secs) => match tokio::time::timeout(std::time::Duration::from_secs(secs), up(&opts))
+    let up = match args.ready_timeout {
+        Some(secs) => tokio::time::timeout(Duration::from_secs(secs), up(args))
             .await
-        {
-            Ok(result) => result,
-            Err(_) => {
-                let message =
-                    format!("not ready within --ready-timeout {secs}s; nothing was left behind");
-                return Err(fail(
-                    args.output,
+            .map_err(|_| {
+                Failure::new(
                     exit::READY_TIMEOUT,
                     "ready_timeout",
-                    &message,
-                ));
-            }
-        },
-        None => up(&opts).await,
+                    format!("not ready within --ready-timeout {secs}s; nothing was left behind"),
+                )
+            })??,
+        None => up(args).await?,
     };
-    let bridge = result.map_err(|e| {
-        let (code, kind) = classify(&e);
-        fail(args.output, code, kind, &chain(&e))
-    })?;
     if let Some(path) = &args.cookie_file {
-        let Some(cookie) = &bridge.cookie else {
-            let message = "--cookie-file: no cookie is known; say where it is with --cookie-from";
-            return Err(fail(
-                args.output,
+        let Some(cookie) = &up.cookie else {
+            return Err(Failure::new(
                 exit::NOT_FOUND,
                 "cookie_not_found",
-                message,
+                "--cookie-file: no cookie is known; say where it is with --cookie-from",
             ));
         };
-        if let Err(e) = crate::cookie::write_file(path, cookie) {
-            let message = format!("cannot write the cookie file {}: {e}", path.display());
-            return Err(fail(args.output, exit::OTHER, "local", &message));
-        }
+        crate::cookie::write_file(path, cookie).map_err(|e| {
+            Failure::new(
+                exit::OTHER,
+                "local",
+                format!("cannot write the cookie file {}: {e}", path.display()),
+            )
+        })?;
     }
-    for why in &bridge.skipped {
-        eprintln!(
-            "{}",
-            output::warning(Output::Text, &format!("not bridged: {why}"))
-        );
+    let ready = up.bridge.ready();
+    for why in &ready.skipped {
+        output::warn(Output::Text, &format!("not bridged: {why}"));
     }
-    say(&output::ready(args.output, &bridge, args.show_cookie));
-    Ok(bridge)
+    report_ready(args, &ready, up.cookie.as_deref());
+    Ok(up)
+}
+
+fn report_ready(args: &BridgeArgs, ready: &Ready, cookie: Option<&str>) {
+    match args.output {
+        Output::Json => output::emit(&Event::Ready {
+            nodes: ready.nodes.clone(),
+            inetrc: ready.inetrc.clone(),
+        }),
+        Output::Text => output::say(&output::text::ready(ready, cookie, args.show_cookie)),
+    }
 }
 
 /// Runs `erlbridge up`; returns the process's exit code.
-pub async fn run(args: UpArgs) -> u8 {
-    let mut bridge = match bring_up(&args.bridge).await {
-        Ok(bridge) => bridge,
-        Err(code) => return code,
-    };
-    let env = command_env(&bridge);
+pub async fn run(args: UpArgs) -> Result<u8, Failure> {
+    let Up { mut bridge, cookie } = bring_up(&args.bridge).await?;
+    let env = command_env(&bridge.ready(), cookie.as_deref());
     let out = args.bridge.output;
     let started = std::time::Instant::now();
     let nodes = bridge.nodes().len();
-    let changes = std::sync::atomic::AtomicUsize::new(0);
+    let changes = AtomicUsize::new(0);
     // The bridge heals itself for as long as it is up; dropping this future (when a signal
     // comes or the command exits) drops the bridge, which removes its rules.
     let heal = async {
         bridge
             .run(|change| {
-                changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                say(&output::change(out, &change));
+                changes.fetch_add(1, Ordering::Relaxed);
+                output::change(out, &change);
             })
             .await;
         // The watch ended for good: keep the bridge as it is.
@@ -168,18 +193,14 @@ pub async fn run(args: UpArgs) -> u8 {
         }
     };
     drop(bridge);
+    let changes = changes.load(Ordering::Relaxed);
     eprintln!(
-        "erlbridge: bridge of {nodes} node{} ended after {}s with {} change{}; its rules are removed (exit {code})",
+        "erlbridge: bridge of {nodes} node{} ended after {}s with {changes} change{}; its rules are removed (exit {code})",
         if nodes == 1 { "" } else { "s" },
         started.elapsed().as_secs(),
-        changes.load(std::sync::atomic::Ordering::Relaxed),
-        if changes.load(std::sync::atomic::Ordering::Relaxed) == 1 {
-            ""
-        } else {
-            "s"
-        },
+        if changes == 1 { "" } else { "s" },
     );
-    code
+    Ok(code)
 }
 
 /// Completes on SIGTERM or SIGINT with the signal's number.
@@ -197,21 +218,22 @@ pub(crate) async fn stop_signal() -> u8 {
     }
 }
 
-/// The environment `-- CMD` gets: the bridged node names, and the inetrc file if any.
-pub(crate) fn command_env(bridge: &Bridge) -> Vec<(String, String)> {
-    let nodes: Vec<String> = bridge.nodes().into_iter().map(|n| n.node).collect();
+/// The environment `-- CMD` gets: the bridged node names, the inetrc file if any, and the
+/// cookie when known.
+pub(crate) fn command_env(ready: &Ready, cookie: Option<&str>) -> Vec<(String, String)> {
+    let nodes: Vec<&str> = ready.nodes.iter().map(|n| n.node.as_str()).collect();
     let mut env = vec![
         (
             "ERLBRIDGE_NODE".to_owned(),
-            nodes.first().cloned().unwrap_or_default(),
+            nodes.first().copied().unwrap_or_default().to_owned(),
         ),
         ("ERLBRIDGE_NODES".to_owned(), nodes.join(" ")),
     ];
-    if let Some(path) = &bridge.inetrc {
+    if let Some(path) = &ready.inetrc {
         env.push(("ERL_INETRC".to_owned(), path.display().to_string()));
     }
-    if let Some(cookie) = &bridge.cookie {
-        env.push(("ERLBRIDGE_COOKIE".to_owned(), cookie.clone()));
+    if let Some(cookie) = cookie {
+        env.push(("ERLBRIDGE_COOKIE".to_owned(), cookie.to_owned()));
     }
     env
 }
@@ -222,11 +244,8 @@ async fn run_command(args: &UpArgs, env: Vec<(String, String)>) -> u8 {
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let message = format!("cannot run {:?}: {e}", args.command[0]);
-            eprintln!(
-                "{}",
-                output::error(args.bridge.output, 127, "command", &message)
-            );
+            let message = format!("cannot run {}: {e}", args.command[0]);
+            output::fail(args.bridge.output, &Failure::new(127, "command", message));
             return 127;
         }
     };
@@ -244,7 +263,7 @@ async fn run_command(args: &UpArgs, env: Vec<(String, String)>) -> u8 {
         Err(_) => exit::OTHER,
     };
     if args.bridge.output == Output::Json {
-        say(&serde_json::json!({"event": "exited", "code": code}).to_string());
+        output::emit(&Event::Exited { code });
     }
     code
 }

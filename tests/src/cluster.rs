@@ -335,6 +335,19 @@ impl Cluster {
         Ok(self.pod(name).ip())
     }
 
+    /// Deletes the pod with no watch event for it, as when the deletion falls into history an
+    /// API server has compacted: only a new list shows it gone.
+    pub fn remove_pod_silently(&mut self, name: &str) -> anyhow::Result<()> {
+        let pod = self
+            .pods
+            .remove(name)
+            .with_context(|| format!("no pod {name}"))?;
+        if !self.emulator.delete_pod_silently(&pod.desc.namespace, name) {
+            bail!("the API server had no pod {name}");
+        }
+        Ok(())
+    }
+
     /// Scales a StatefulSet or Deployment of the manifest up (new pods start, and join the
     /// others' Erlang cluster) or down (the highest-numbered pods are deleted).
     pub fn scale(&mut self, workload: &str, replicas: i32) -> anyhow::Result<()> {

@@ -10,6 +10,7 @@
 pub mod bins;
 pub mod cluster;
 pub mod erlang;
+pub mod events;
 pub mod helperd;
 pub mod netns;
 pub mod process;

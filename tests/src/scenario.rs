@@ -5,8 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
+use crate::events::{self, Ready};
 use crate::{Bins, Cluster, Helperd, Spawned, User, Workstation, require_root};
 
 /// Workstation, cluster, helper and user. Fields drop in order: helper, cluster, workstation,
@@ -70,18 +69,14 @@ impl Scenario {
 
     /// Starts `erlbridge up ARGS --output json` as the user; returns it once ready, with its
     /// ready event.
-    pub fn up(&self, args: &[&str]) -> (Spawned, Value) {
+    pub fn up(&self, args: &[&str]) -> (Spawned, Ready) {
         let mut args = args.to_vec();
         args.extend(["--output", "json"]);
         let argv = self.erlbridge("up", &args);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut up = self.ws.spawn_as(&self.user, &argv).expect("erlbridge");
-        let line = up
-            .wait_line(Duration::from_secs(60), |l| l.contains("\"event\""))
-            .expect("erlbridge reports");
-        let event: Value = serde_json::from_str(&line).expect("JSON");
-        assert_eq!(event["event"], "ready", "{event}");
-        (up, event)
+        let ready = events::ready(&mut up, Duration::from_secs(60));
+        (up, ready)
     }
 
     /// Evaluates `expr` on a fresh hidden local node of the user's, with `cookie`.

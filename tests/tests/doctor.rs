@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 
 use erlbridge_kube_emulator::Access;
+use erlbridge_testbed::events::{self, Event};
 use erlbridge_testbed::{Scenario, User};
 use nix::sys::signal::Signal;
-use serde_json::Value;
 
 const MANIFEST: &str = r#"
 [[pods]]
@@ -15,37 +15,59 @@ name = "app-0"
 env = { RELEASE_NODE = "app@$(POD_IP)", RELEASE_COOKIE = "monster" }
 "#;
 
+/// One check as doctor reported it.
+#[derive(Debug)]
+struct Check {
+    ok: bool,
+    detail: String,
+    fix: Option<String>,
+}
+
 /// `erlbridge doctor app-0 --output json` as `user`: exit code and checks by name.
 fn doctor(
     s: &Scenario,
     user: &User,
     kubeconfig: &std::path::Path,
-) -> (i32, BTreeMap<String, Value>) {
+) -> (i32, BTreeMap<String, Check>) {
     let kc = kubeconfig.display().to_string();
     let (code, out, err) = s.run(
         user,
         "doctor",
         &["app-0", "--kubeconfig", &kc, "--output", "json"],
     );
-    assert!(out.contains("\"event\":\"summary\""), "{out}{err}");
-    let checks = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"] == "check")
-        .map(|v| (v["check"].as_str().unwrap_or_default().to_owned(), v))
+    let events = events::all(&out);
+    assert!(
+        matches!(events.last(), Some(Event::Summary { .. })),
+        "{out}{err}"
+    );
+    let checks = events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Check {
+                check,
+                ok,
+                detail,
+                fix,
+            } => Some((check, Check { ok, detail, fix })),
+            _ => None,
+        })
         .collect();
     (code, checks)
 }
 
 /// A check's `detail` or `fix`, as text ("" when absent).
-fn text<'a>(checks: &'a BTreeMap<String, Value>, check: &str, key: &str) -> &'a str {
-    checks[check][key].as_str().unwrap_or_default()
+fn text<'a>(checks: &'a BTreeMap<String, Check>, check: &str, key: &str) -> &'a str {
+    let check = &checks[check];
+    match key {
+        "detail" => &check.detail,
+        _ => check.fix.as_deref().unwrap_or_default(),
+    }
 }
 
-fn failing(checks: &BTreeMap<String, Value>) -> Vec<String> {
+fn failing(checks: &BTreeMap<String, Check>) -> Vec<String> {
     checks
         .iter()
-        .filter(|(_, v)| v["ok"] == false)
+        .filter(|(_, c)| !c.ok)
         .map(|(k, _)| k.clone())
         .collect()
 }
@@ -133,7 +155,7 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
         "{checks:?}"
     );
     assert!(
-        checks["kubernetes"]["ok"] == true,
+        checks["kubernetes"].ok,
         "the other checks still run: {checks:?}"
     );
 }
@@ -145,21 +167,22 @@ fn status_shows_the_callers_identity_policy_and_sessions() {
 
     let (code, out, err) = s.run(&s.user, "status", &["--output", "json"]);
     assert_eq!(code, 0, "{err}");
-    let status: Value = serde_json::from_str(out.trim()).expect("JSON");
-    assert_eq!(status["caller"]["uid"], 61060);
-    assert_eq!(status["caller"]["allowed"], true);
-    assert_eq!(status["helper"]["api_version"], 1);
-    assert_eq!(status["policy"]["group"], "gid 61000");
-    let sessions = status["sessions"].as_array().expect("sessions");
-    assert_eq!(sessions.len(), 1, "{status}");
-    assert_eq!(sessions[0]["mappings"].as_array().map(Vec::len), Some(2));
-    assert_eq!(sessions[0]["label"], "erlbridge up pod/app-0");
+    let status = |out: &str| match events::all(out).as_slice() {
+        [Event::Status(status)] => status.clone(),
+        other => panic!("one status event, not {other:?}"),
+    };
+    let mine = status(&out);
+    assert_eq!((mine.caller.uid, mine.caller.allowed), (61060, true));
+    assert_eq!(mine.helper.api_version, 1);
+    assert_eq!(mine.policy.group, "gid 61000");
+    assert_eq!(mine.sessions.len(), 1, "{mine:?}");
+    assert_eq!(mine.sessions[0].mappings.len(), 2);
+    assert_eq!(mine.sessions[0].label, "erlbridge up pod/app-0");
 
     // Another user sees none of them; root sees all.
     let other = User::member(61062);
     let (_, out, _) = s.run(&other, "status", &["--output", "json"]);
-    let theirs: Value = serde_json::from_str(out.trim()).expect("JSON");
-    assert_eq!(theirs["sessions"].as_array().map(Vec::len), Some(0));
+    assert_eq!(status(&out).sessions.len(), 0);
     let argv = s.erlbridge("status", &[]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let root = s.ws.ns.run(&argv).expect("status as root");

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use erlbridge_testbed::events::{self, Event};
 use erlbridge_testbed::{Scenario, Spawned};
 use nix::sys::signal::Signal;
-use serde_json::Value;
 
 const COOKIE: &str = "monster";
 const MANIFEST: &str = r#"
@@ -18,11 +18,9 @@ ports = [{ name = "epmd", port = 4369 }]
 env = { RELEASE_NODE = "app@$(POD_IP)", RELEASE_COOKIE = "monster", ERL_DIST_PORT = "9100" }
 "#;
 
-/// Waits for a JSON event of kind `event` from erlbridge and returns it.
-fn event(up: &mut Spawned, event: &str, within: Duration) -> Value {
-    let tag = format!("\"event\":\"{event}\"");
-    let line = up.wait_line(within, |l| l.contains(&tag)).expect(event);
-    serde_json::from_str(&line).expect("JSON")
+/// Waits for an event `matches` accepts from erlbridge and returns it.
+fn event(up: &mut Spawned, matches: impl Fn(&Event) -> bool, within: Duration) -> Event {
+    events::wait(up, within, matches)
 }
 
 fn node(s: &Scenario, pod: &str) -> String {
@@ -39,10 +37,20 @@ fn restarts_with_new_ips_and_new_replicas_are_followed() {
     let old_ip = s.cluster.pod("app-1").ip();
     let started = Instant::now();
     s.cluster.restart_pod_with_new_ip("app-1").expect("restart");
-    let changed = event(&mut up, "pod_changed", Duration::from_secs(5));
+    let changed = event(
+        &mut up,
+        |e| matches!(e, Event::PodChanged { .. }),
+        Duration::from_secs(5),
+    );
     let new_node = node(&s, "app-1");
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert_eq!(changed["nodes"][0]["node"], new_node.as_str(), "{changed}");
+    let Event::PodChanged { pod, nodes } = changed else {
+        unreachable!()
+    };
+    assert_eq!(
+        (pod.as_str(), nodes[0].node.as_str()),
+        ("app-1", new_node.as_str())
+    );
     assert!(
         s.reaches(COOKIE, &new_node),
         "the new name is reachable without restarting erlbridge"
@@ -59,8 +67,12 @@ fn restarts_with_new_ips_and_new_replicas_are_followed() {
     s.cluster.scale("app", 5).expect("scale up");
     let mut added = Vec::new();
     while added.len() < 2 {
-        let e = event(&mut up, "pod_added", Duration::from_secs(10));
-        added.push(e["pod"].as_str().unwrap_or_default().to_owned());
+        let e = event(
+            &mut up,
+            |e| matches!(e, Event::PodAdded { .. }),
+            Duration::from_secs(10),
+        );
+        added.push(events::pod(&e).unwrap_or_default().to_owned());
     }
     added.sort();
     assert_eq!(added, ["app-3", "app-4"]);
@@ -72,8 +84,12 @@ fn restarts_with_new_ips_and_new_replicas_are_followed() {
     s.cluster.scale("app", 3).expect("scale down");
     let mut removed = Vec::new();
     while removed.len() < 2 {
-        let e = event(&mut up, "pod_removed", Duration::from_secs(10));
-        removed.push(e["pod"].as_str().unwrap_or_default().to_owned());
+        let e = event(
+            &mut up,
+            |e| matches!(e, Event::PodRemoved { .. }),
+            Duration::from_secs(10),
+        );
+        removed.push(events::pod(&e).unwrap_or_default().to_owned());
     }
     removed.sort();
     assert_eq!(removed, ["app-3", "app-4"]);
@@ -88,6 +104,44 @@ fn restarts_with_new_ips_and_new_replicas_are_followed() {
         s.reaches(COOKIE, &node(&s, "app-0")),
         "the rest stays bridged"
     );
+}
+
+#[test]
+fn a_pod_deleted_while_the_watch_was_expired_is_dropped_at_the_next_list() {
+    const TWO: &str = r#"
+[[statefulsets]]
+name = "app"
+replicas = 2
+labels = { app = "app" }
+env = { RELEASE_NODE = "app@$(POD_IP)", RELEASE_COOKIE = "monster", ERL_DIST_PORT = "9100" }
+"#;
+    let mut s = Scenario::start(TWO, 61032);
+    let (app0, app1) = (node(&s, "app-0"), node(&s, "app-1"));
+    let gone_ip = s.cluster.pod("app-1").ip();
+    assert!(!s.reaches(COOKIE, &app1), "the control");
+    let mut up = s.up(&["statefulset/app"]).0;
+    assert!(s.reaches(COOKIE, &app1));
+    assert_eq!(s.mappings(), 4);
+
+    // Every watch ends with 410 Gone; app-1 goes with no event a watch could carry.
+    s.cluster.emulator.expire_watches(Duration::from_secs(3));
+    s.cluster.remove_pod_silently("app-1").expect("removed");
+    let removed = event(
+        &mut up,
+        |e| matches!(e, Event::PodRemoved { .. }),
+        Duration::from_secs(5) + Duration::from_secs(3),
+    );
+    assert!(
+        matches!(&removed, Event::PodRemoved { pod, nodes } if pod == "app-1" && nodes[0].node == app1),
+        "{removed:?}"
+    );
+    let table = s.ws.helper_table().unwrap_or_default();
+    assert!(
+        !table.contains(&format!("{gone_ip} .")),
+        "app-1's rules are gone:\n{table}"
+    );
+    assert_eq!(s.mappings(), 2, "{table}");
+    assert!(s.reaches(COOKIE, &app0), "the other pod still answers");
 }
 
 #[test]
@@ -149,10 +203,18 @@ fn a_restarted_helper_gets_every_mapping_back() {
     assert_eq!(before, 2);
 
     s.helperd.stop(Signal::SIGKILL).expect("killed");
-    event(&mut up, "helper_lost", Duration::from_secs(5));
+    event(
+        &mut up,
+        |e| matches!(e, Event::HelperLost),
+        Duration::from_secs(5),
+    );
     let started = Instant::now();
     s.helperd.restart(&s.ws).expect("restart");
-    event(&mut up, "helper_restored", Duration::from_secs(5));
+    event(
+        &mut up,
+        |e| matches!(e, Event::HelperRestored),
+        Duration::from_secs(5),
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(
         s.ws.helper_table()
@@ -168,13 +230,93 @@ fn a_restarted_helper_gets_every_mapping_back() {
     // A pod whose node died: connections fail, and erlbridge says so.
     s.cluster.kill_node("app-0").expect("kill");
     assert!(!s.reaches(COOKIE, &app0));
-    let unreachable = event(&mut up, "pod_unreachable", Duration::from_secs(10));
-    assert_eq!(unreachable["pod"], "app-0", "{unreachable}");
-    assert!(
-        unreachable["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("port 4369"),
-        "{unreachable}"
+    let unreachable = event(
+        &mut up,
+        |e| matches!(e, Event::PodUnreachable { .. }),
+        Duration::from_secs(10),
     );
+    assert!(
+        matches!(&unreachable, Event::PodUnreachable { pod, message }
+            if pod == "app-0" && message.contains("port 4369")),
+        "{unreachable:?}"
+    );
+}
+
+/// CPU time (user + system) a process has used so far.
+fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    // Clock ticks of 10 ms (USER_HZ is 100 on Linux).
+    Duration::from_millis(ticks * 10)
+}
+
+#[test]
+fn out_of_descriptors_the_listener_waits_instead_of_spinning_and_recovers() {
+    let s = Scenario::start(MANIFEST, 61031);
+    let app0 = node(&s, "app-0");
+    let ip = s.cluster.pod("app-0").ip();
+    assert!(!s.reaches(COOKIE, &app0), "the control");
+    let mut argv = vec![
+        "prlimit".to_owned(),
+        "--nofile=48:48".to_owned(),
+        "--".to_owned(),
+    ];
+    argv.extend(s.erlbridge("up", &["app-0", "--output", "json"]));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut up = s.ws.spawn_as(&s.user, &argv).expect("erlbridge");
+    events::ready(&mut up, Duration::from_secs(60));
+    assert!(s.reaches(COOKIE, &app0), "bridged under the limit");
+
+    // Far more connections than descriptors (and fewer than the listen backlog): each accepted
+    // one costs a descriptor and an API connection, so the listener runs out while connections
+    // wait in its backlog.
+    let hold = format!(
+        "[gen_tcp:connect({{{}}}, 4369, [], 5000) || _ <- lists:seq(1, 100)], \
+         io:format(\"holding~n\"), timer:sleep(infinity).",
+        ip.replace('.', ",")
+    );
+    let mut holder =
+        s.ws.spawn_as(&s.user, &["erl", "-noshell", "-noinput", "-eval", &hold])
+            .expect("holder");
+    holder
+        .wait_line(Duration::from_secs(60), |l| l == "holding")
+        .expect("connections held");
+    let warning = event(
+        &mut up,
+        |e| matches!(e, Event::Warning { .. }),
+        Duration::from_secs(10),
+    );
+    assert!(
+        matches!(&warning, Event::Warning { message } if message.contains("cannot accept connections")),
+        "{warning:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cpu_time(up.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_time(up.pid()) - before;
+    assert!(
+        used < Duration::from_millis(600),
+        "erlbridge used {used:?} of CPU in 3 s while out of descriptors"
+    );
+    let warnings = up
+        .seen()
+        .iter()
+        .filter(|l| matches!(events::parse(l), Some(Event::Warning { .. })))
+        .count();
+    assert_eq!(warnings, 1, "reported once: {:?}", up.seen());
+
+    drop(holder);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.reaches(COOKIE, &app0) {
+        assert!(Instant::now() < deadline, "the bridge did not recover");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use erlbridge_kube_emulator::PodDesc;
+use erlbridge_testbed::events::{self, BridgedNode, Event};
 use erlbridge_testbed::{Helperd, Scenario, User};
 use nix::sys::signal::Signal;
-use serde_json::Value;
 
 const COOKIE: &str = "monster";
 const MANIFEST: &str = r#"
@@ -52,12 +52,17 @@ fn up_a_pod_then_a_local_node_reaches_it_and_the_rules_go_with_the_client() {
     );
 
     let (up, ready) = s.up(&["app-0"]);
-    assert_eq!(ready["nodes"][0]["node"], node.as_str(), "{ready}");
-    assert_eq!(ready["nodes"][0]["pod"], "app-0");
-    assert_eq!(ready["nodes"][0]["namespace"], "default");
-    assert_eq!(ready["nodes"][0]["ip"], ip.as_str());
-    assert_eq!(ready["nodes"][0]["epmd_port"], 4369);
-    assert_eq!(ready["nodes"][0]["dist_port"], 9100);
+    assert_eq!(
+        ready.nodes,
+        [BridgedNode {
+            node: node.clone(),
+            pod: "app-0".into(),
+            namespace: "default".into(),
+            ip: ip.parse().expect("ip"),
+            epmd_port: 4369,
+            dist_port: 9100,
+        }]
+    );
     assert_eq!(
         s.local(COOKIE, &connect_and_call(&node), &[]),
         format!("{{true,'{node}'}}")
@@ -81,8 +86,8 @@ fn up_a_pod_then_a_local_node_reaches_it_and_the_rules_go_with_the_client() {
         "the control"
     );
     let (up, ready) = s.up(&["pod/solo"]);
-    let port = ready["nodes"][0]["dist_port"].as_u64().unwrap_or(0);
-    assert!(port > 1024 && port != 9100, "{ready}");
+    let port = ready.nodes[0].dist_port;
+    assert!(port > 1024 && port != 9100, "{ready:?}");
     assert_eq!(
         s.local(COOKIE, &connect_and_call(&solo), &[]),
         format!("{{true,'{solo}'}}")
@@ -126,12 +131,7 @@ fn a_statefulset_is_bridged_without_splitting_its_cluster() {
     );
 
     let (up, ready) = s.up(&["statefulset/app"]);
-    let mut bridged: Vec<String> = ready["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .map(|n| n["node"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let mut bridged: Vec<String> = ready.nodes.iter().map(|n| n.node.clone()).collect();
     bridged.sort();
     let mut want = names.clone();
     want.sort();
@@ -166,14 +166,53 @@ fn a_statefulset_is_bridged_without_splitting_its_cluster() {
 }
 
 #[test]
+fn a_selector_of_expressions_bridges_only_the_pods_it_selects() {
+    const EXPRESSIONS: &str = r#"
+[[statefulsets]]
+name = "app"
+replicas = 2
+labels = { app = "app", tier = "backend" }
+match_expressions = [
+  { key = "app", operator = "In", values = ["app"] },
+  { key = "tier", operator = "Exists" },
+]
+env = { RELEASE_NODE = "app@$(POD_IP)", RELEASE_COOKIE = "monster" }
+
+[[pods]]
+name = "other-0"
+labels = { app = "other" }
+env = { RELEASE_NODE = "other@$(POD_IP)", RELEASE_COOKIE = "monster" }
+
+[[pods]]
+name = "stray"
+labels = { app = "app" }
+env = { RELEASE_NODE = "stray@$(POD_IP)", RELEASE_COOKIE = "monster" }
+"#;
+    let s = Scenario::start(EXPRESSIONS, 61022);
+    let other = format!("other@{}", s.cluster.pod("other-0").ip());
+    assert!(!s.reaches(COOKIE, &other), "the control");
+    let (_up, ready) = s.up(&["statefulset/app"]);
+    let mut pods: Vec<&str> = ready.nodes.iter().map(|n| n.pod.as_str()).collect();
+    pods.sort_unstable();
+    assert_eq!(pods, ["app-0", "app-1"], "{ready:?}");
+    assert_eq!(s.mappings(), 4, "epmd and distribution of two pods only");
+    assert!(
+        !s.reaches(COOKIE, &other),
+        "another application's pod stays out"
+    );
+    let app1 = format!("app@{}", s.cluster.pod("app-1").ip());
+    assert!(s.reaches(COOKIE, &app1));
+}
+
+#[test]
 fn dns_named_nodes_connect_with_the_inetrc_erlbridge_writes() {
     let s = Scenario::start(MANIFEST, 61020);
     let node = "dns@dns-0.dns.default.svc.cluster.local";
     let control = s.local(COOKIE, &format!("net_kernel:connect_node('{node}')"), &[]);
     assert_eq!(control, "false", "the control");
     let (up, ready) = s.up(&["dns-0"]);
-    assert_eq!(ready["nodes"][0]["node"], node, "{ready}");
-    let inetrc = ready["inetrc"].as_str().expect("an inetrc file").to_owned();
+    assert_eq!(ready.nodes[0].node, node, "{ready:?}");
+    let inetrc = ready.inetrc.expect("an inetrc file").display().to_string();
     let text = std::fs::read_to_string(&inetrc).expect("inetrc");
     let ip = s.cluster.pod("dns-0").ip().replace('.', ",");
     assert!(
@@ -354,10 +393,13 @@ fn bad_input_gets_a_clear_error_an_exit_code_and_leaves_nothing() {
     }
     // The same in JSON: one error event with the code.
     let (status, out, _) = s.run(&user, "up", &["nope", "--output", "json"]);
-    let event: Value = serde_json::from_str(out.trim()).expect("one JSON line");
-    assert_eq!(
-        (status, &event["event"], &event["code"], &event["kind"]),
-        (3, &"error".into(), &3.into(), &"target_not_found".into())
+    assert_eq!(status, 3);
+    assert!(
+        matches!(
+            events::all(&out).as_slice(),
+            [Event::Error { code: 3, kind, .. }] if kind == "target_not_found"
+        ),
+        "{out}"
     );
 
     // A helper whose policy refuses the pod network.

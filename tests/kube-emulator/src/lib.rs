@@ -40,5 +40,7 @@ pub mod workloads;
 
 pub use api::{Access, AccessReviews, Emulator, StartOptions};
 pub use proxy::ConnectProxy;
-pub use store::{ContainerDesc, IpFamily, PodDesc, SecretDesc, WorkloadDesc, WorkloadKind};
+pub use store::{
+    ContainerDesc, IpFamily, PodDesc, SecretDesc, SelectorExpression, WorkloadDesc, WorkloadKind,
+};
 pub use tls::ClientCertificate;

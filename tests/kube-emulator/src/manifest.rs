@@ -29,7 +29,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::store::{
-    ContainerDesc, IpFamily, PodDesc, PortDesc, SecretDesc, WorkloadDesc, WorkloadKind,
+    ContainerDesc, IpFamily, PodDesc, PortDesc, SecretDesc, SelectorExpression, WorkloadDesc,
+    WorkloadKind,
 };
 
 /// A whole manifest.
@@ -64,6 +65,9 @@ pub struct Workload {
     pub replicas: i32,
     /// The selector, and the pods' labels.
     pub labels: BTreeMap<String, String>,
+    /// A selector by expressions instead of `labels` (which the pods still carry).
+    #[serde(default)]
+    pub match_expressions: Vec<SelectorExpression>,
     /// The governing service (StatefulSets; defaults to the name).
     #[serde(default)]
     pub service_name: Option<String>,
@@ -126,6 +130,7 @@ impl Workload {
             namespace: self.namespace.clone(),
             replicas: self.replicas,
             selector: self.labels.clone(),
+            match_expressions: self.match_expressions.clone(),
             service_name: (kind == WorkloadKind::StatefulSet).then(|| {
                 self.service_name
                     .clone()

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{
     PodStatus, PodTemplateSpec, Secret,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, ObjectMeta, OwnerReference, Time,
+    LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference, Time,
 };
 use k8s_openapi::{ByteString, jiff::Timestamp};
 use serde::Deserialize;
@@ -193,8 +193,48 @@ pub struct WorkloadDesc {
     pub replicas: i32,
     /// `spec.selector.matchLabels` (also the template's labels).
     pub selector: BTreeMap<String, String>,
+    /// `spec.selector.matchExpressions`; when there are any, the selector has no `matchLabels`.
+    pub match_expressions: Vec<SelectorExpression>,
     /// `spec.serviceName` for StatefulSets.
     pub service_name: Option<String>,
+}
+
+/// One `matchExpressions` requirement of a workload's selector.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectorExpression {
+    /// The label.
+    pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    pub operator: String,
+    /// The values, for `In` and `NotIn`.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+impl WorkloadDesc {
+    /// `spec.selector`.
+    fn label_selector(&self) -> LabelSelector {
+        if self.match_expressions.is_empty() {
+            return LabelSelector {
+                match_labels: Some(self.selector.clone()),
+                ..LabelSelector::default()
+            };
+        }
+        LabelSelector {
+            match_expressions: Some(
+                self.match_expressions
+                    .iter()
+                    .map(|e| LabelSelectorRequirement {
+                        key: e.key.clone(),
+                        operator: e.operator.clone(),
+                        values: (!e.values.is_empty()).then(|| e.values.clone()),
+                    })
+                    .collect(),
+            ),
+            ..LabelSelector::default()
+        }
+    }
 }
 
 /// A secret.
@@ -556,10 +596,7 @@ pub fn statefulset_json(w: &WorkloadDesc, rv: u64) -> StatefulSet {
         metadata: meta(&w.name, &w.namespace, &w.selector, rv),
         spec: Some(StatefulSetSpec {
             replicas: Some(w.replicas),
-            selector: LabelSelector {
-                match_labels: Some(w.selector.clone()),
-                ..LabelSelector::default()
-            },
+            selector: w.label_selector(),
             service_name: w.service_name.clone(),
             template: template(w),
             ..StatefulSetSpec::default()
@@ -578,10 +615,7 @@ pub fn deployment_json(w: &WorkloadDesc, rv: u64) -> Deployment {
         metadata: meta(&w.name, &w.namespace, &w.selector, rv),
         spec: Some(DeploymentSpec {
             replicas: Some(w.replicas),
-            selector: LabelSelector {
-                match_labels: Some(w.selector.clone()),
-                ..LabelSelector::default()
-            },
+            selector: w.label_selector(),
             template: template(w),
             ..DeploymentSpec::default()
         }),

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{connect, echo_server, emulator, pod, shout};
-use erlbridge_kube_emulator::{SecretDesc, WorkloadDesc, WorkloadKind};
+use erlbridge_kube_emulator::{SecretDesc, SelectorExpression, WorkloadDesc, WorkloadKind};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -24,7 +24,28 @@ async fn objects_lists_and_errors() {
         namespace: "default".into(),
         replicas: 3,
         selector: BTreeMap::from([("app".into(), "app".into())]),
+        match_expressions: Vec::new(),
         service_name: Some("app".into()),
+    });
+    emu.apply_workload(WorkloadDesc {
+        kind: WorkloadKind::StatefulSet,
+        name: "by-expressions".into(),
+        namespace: "default".into(),
+        replicas: 1,
+        selector: BTreeMap::from([("app".into(), "x".into())]),
+        match_expressions: vec![
+            SelectorExpression {
+                key: "app".into(),
+                operator: "In".into(),
+                values: vec!["x".into()],
+            },
+            SelectorExpression {
+                key: "tier".into(),
+                operator: "Exists".into(),
+                values: Vec::new(),
+            },
+        ],
+        service_name: Some("x".into()),
     });
     emu.apply_secret(SecretDesc {
         name: "cookie".into(),
@@ -65,6 +86,22 @@ async fn objects_lists_and_errors() {
     let app = sts.get("app").await.expect("sts");
     let selector = app.spec.unwrap().selector.match_labels.unwrap();
     assert_eq!(selector.get("app").map(String::as_str), Some("app"));
+    let by_expressions = sts.get("by-expressions").await.expect("sts");
+    let selector = by_expressions.spec.unwrap().selector;
+    assert_eq!(selector.match_labels, None);
+    let expressions: Vec<(String, String, Option<Vec<String>>)> = selector
+        .match_expressions
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.key, e.operator, e.values))
+        .collect();
+    assert_eq!(
+        expressions,
+        [
+            ("app".into(), "In".into(), Some(vec!["x".into()])),
+            ("tier".into(), "Exists".into(), None)
+        ]
+    );
 
     let secrets: Api<Secret> = Api::default_namespaced(client.clone());
     let cookie = secrets.get("cookie").await.expect("secret");

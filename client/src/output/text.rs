@@ -1,0 +1,104 @@
+//! Text mode: what a person reads once the bridge is up (the nodes and the exact commands to
+//! paste) and a line per change while it runs.
+
+use crate::bridge::{BridgedNode, Change, Ready};
+use crate::forward::ForwardError;
+use crate::output::chain;
+
+/// The ready report; the cookie goes into the commands only when `show_cookie` says so.
+pub fn ready(ready: &Ready, cookie: Option<&str>, show_cookie: bool) -> String {
+    let mut text = String::new();
+    let count = ready.nodes.len();
+    text.push_str(&format!(
+        "erlbridge: {count} node{} bridged\n",
+        if count == 1 { "" } else { "s" }
+    ));
+    for n in &ready.nodes {
+        text.push_str(&format!(
+            "  {:<40} pod {}/{} ({}), epmd {}, distribution {}\n",
+            n.node, n.namespace, n.pod, n.ip, n.epmd_port, n.dist_port
+        ));
+    }
+    let Some(first) = ready.nodes.first() else {
+        return text;
+    };
+    let env = match &ready.inetrc {
+        Some(path) => format!("ERL_INETRC={} ", path.display()),
+        None => String::new(),
+    };
+    let (cookie, intro) = match (cookie, show_cookie) {
+        (Some(cookie), true) => (cookie.to_owned(), "Connect a hidden local node:".to_owned()),
+        (Some(_), false) => (
+            "\"$COOKIE\"".to_owned(),
+            "Set COOKIE to the nodes' cookie (--show-cookie prints it, --cookie-file writes it), then connect a hidden local node:".to_owned(),
+        ),
+        (None, _) => (
+            "\"$COOKIE\"".to_owned(),
+            "Set COOKIE to the nodes' cookie (or let erlbridge read it: --cookie-from secret/NAME), then connect a hidden local node:".to_owned(),
+        ),
+    };
+    text.push_str(&format!(
+        "\n{intro}\n\
+         \x20 {env}iex --name me@127.0.0.1 --cookie {cookie} --hidden --remsh {node}\n\
+         \x20 {env}erl -name me@127.0.0.1 -setcookie {cookie} -hidden -remsh {node}\n\
+         \x20 or, in a node started with --hidden: Node.connect(:\"{node}\")\n",
+        node = first.node
+    ));
+    if let Some(path) = &ready.inetrc {
+        text.push_str(&format!(
+            "The nodes are named by DNS; ERL_INETRC={} makes a local node resolve those names.\n",
+            path.display()
+        ));
+    }
+    text.push_str(
+        "Keep local nodes hidden: the pods cannot dial back to this machine, and a visible node \
+         they cannot reach makes `global` disconnect the pods from each other.\n\
+         Ctrl-C ends the bridge and removes its rules.\n",
+    );
+    text
+}
+
+fn names(nodes: &[BridgedNode]) -> String {
+    nodes
+        .iter()
+        .map(|n| n.node.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One line for a change the bridge made while up.
+pub fn change(change: &Change) -> String {
+    match change {
+        Change::PodAdded { pod, nodes } => {
+            format!("erlbridge: pod {pod} added; bridged {}", names(nodes))
+        }
+        Change::PodChanged { pod, nodes } => format!(
+            "erlbridge: pod {pod} came back at {}; bridged {}",
+            nodes.first().map(|n| n.ip.to_string()).unwrap_or_default(),
+            names(nodes)
+        ),
+        Change::PodRemoved { pod, nodes } => format!(
+            "erlbridge: pod {pod} is gone; {} no longer bridged",
+            names(nodes)
+        ),
+        Change::PodUnreachable { pod, error } => format!(
+            "erlbridge: pod {pod} cannot be bridged yet ({}); retrying",
+            chain(error)
+        ),
+        Change::ConnectionFailed(failed) => match &failed.error {
+            ForwardError::Accept { .. } => format!("erlbridge: warning: {}", chain(&failed.error)),
+            error => format!(
+                "erlbridge: a connection to pod {} port {} could not be forwarded ({})",
+                failed.pod,
+                failed.port,
+                chain(error)
+            ),
+        },
+        Change::HelperLost => {
+            "erlbridge: erlbridge-helperd went away; redirects are off until it is back".to_owned()
+        }
+        Change::HelperRestored => {
+            "erlbridge: erlbridge-helperd is back; every redirect restored".to_owned()
+        }
+    }
+}
