@@ -1,9 +1,9 @@
 //! The bridge: the network state of `erlbridge up` and nothing else. For each pod of the
 //! target it asks the pod's epmd (through a port-forward) which nodes run there and on which
-//! distribution ports, opens a local forward for the epmd port and every distribution port,
-//! and has the helper redirect this user's connections to `podIP:port` onto them. Node names
-//! are kept exactly (the distribution handshake checks them); only addresses are redirected.
-//! DNS-named nodes get an ERL_INETRC file ([`crate::inetrc`]).
+//! distribution ports, opens a local forward for every distribution port (and the epmd port,
+//! where a pod address is redirected), and makes each node reachable at its forward the way
+//! [`crate::reach`] says: the helper's redirects, or the epmd module's map. Node names are
+//! kept exactly (the distribution handshake checks them); only addresses change.
 //!
 //! Healing is the pure plan of [`crate::reconcile`] applied after every change of the pod
 //! store ([`crate::watch`]), of the helper session, and when a failed pod is due for another
@@ -21,11 +21,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{debug, info, info_span, warn};
 
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+
 use crate::discover::PodInfo;
-use crate::epmd::{self, AskError};
+use crate::epmd::{self, AskError, Malformed};
 use crate::forward::{self, Forward, ForwardError};
-use crate::helper::{HelperError, Link};
-use crate::inetrc::{Inetrc, InetrcError};
+use crate::reach::{Mode, Reach, ReachError, Route};
 use crate::reconcile::{Action, PodState, next_retry, plan};
 use crate::watch::PodWatch;
 
@@ -53,11 +55,12 @@ pub struct BridgedNode {
     pub dist_port: u16,
 }
 
-/// What a bridged pod holds: its nodes, and per pod port its forward, whose address the helper
-/// redirects to it.
+/// What a bridged pod holds: its nodes, where each is reached locally, and per pod port its
+/// forward.
 #[derive(Debug)]
 pub struct Held {
     nodes: Vec<BridgedNode>,
+    routes: Vec<Route>,
     forwards: Vec<(SocketAddr, Forward)>,
 }
 
@@ -78,12 +81,9 @@ pub enum BridgeError {
         #[source]
         source: AskError,
     },
-    /// The helper could not be used.
+    /// The pod's nodes could not be made reachable.
     #[error(transparent)]
-    Helper(#[from] HelperError),
-    /// The ERL_INETRC file could not be written.
-    #[error(transparent)]
-    Inetrc(#[from] InetrcError),
+    Reach(#[from] ReachError),
 }
 
 /// A change the bridge made while up, for the user to read.
@@ -128,10 +128,14 @@ pub enum Change {
 /// What the bridge looks like once up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ready {
+    /// How local nodes reach the pod nodes.
+    pub mode: Mode,
     /// Every bridged node, by pod name.
     pub nodes: Vec<BridgedNode>,
-    /// The ERL_INETRC file for DNS-named nodes, if any.
+    /// The ERL_INETRC file for DNS-named nodes, if any (nat mode).
     pub inetrc: Option<PathBuf>,
+    /// The flags a local node must be started with (epmd mode).
+    pub erl_flags: Option<String>,
     /// Why each of the target's pods that is not bridged is left out.
     pub skipped: Vec<String>,
 }
@@ -141,9 +145,8 @@ pub struct Ready {
 pub struct Bridge {
     pods: BTreeMap<String, PodState<Held>>,
     watch: PodWatch,
-    helper: Link,
+    reach: Reach,
     api: Api<Pod>,
-    inetrc: Option<Inetrc>,
     failures: (
         UnboundedSender<forward::Failed>,
         UnboundedReceiver<forward::Failed>,
@@ -158,7 +161,7 @@ impl Bridge {
         client: kube::Client,
         namespace: &str,
         watch: PodWatch,
-        helper: Link,
+        reach: Reach,
     ) -> Result<Bridge, BridgeError> {
         let snapshot = watch.snapshot();
         let mut bridge = Bridge {
@@ -168,12 +171,11 @@ impl Bridge {
                 .filter_map(|seen| seen.as_ref().err().cloned())
                 .collect(),
             watch,
-            helper,
+            reach,
             api: Api::namespaced(client, namespace),
-            inetrc: None,
             failures: unbounded_channel(),
         };
-        let generation = bridge.helper.generation();
+        let generation = bridge.reach.generation();
         for action in plan(&snapshot, &bridge.pods, generation, Instant::now()) {
             if let Action::Bridge(info) = action {
                 let held = bridge.attach(&info).await?;
@@ -187,16 +189,18 @@ impl Bridge {
                 );
             }
         }
-        bridge.write_inetrc()?;
-        info!(pods = bridge.pods.len(), "bridged");
+        bridge.publish()?;
+        info!(pods = bridge.pods.len(), mode = %bridge.reach.mode(), "bridged");
         Ok(bridge)
     }
 
     /// What is bridged now.
     pub fn ready(&self) -> Ready {
         Ready {
+            mode: self.reach.mode(),
             nodes: self.nodes(),
-            inetrc: self.inetrc.as_ref().map(|f| f.path().to_owned()),
+            inetrc: self.reach.inetrc(),
+            erl_flags: self.reach.erl_flags(),
             skipped: self.skipped.clone(),
         }
     }
@@ -226,14 +230,14 @@ impl Bridge {
                     warn!("the pod watch ended; the bridge stays as it is");
                     return;
                 },
-                () = self.helper.ended(), if self.helper.is_live() => {
+                () = self.reach.ended(), if self.reach.is_live() => {
                     report(Change::HelperLost);
                     helper_back_at = Some(Instant::now());
                     helper_delay = Duration::from_millis(100);
                     continue;
                 }
                 () = sleep_until(helper_back_at), if helper_back_at.is_some() => {
-                    match self.helper.reopen().await {
+                    match self.reach.reopen().await {
                         Ok(()) => {
                             helper_back_at = None;
                             restored = true;
@@ -274,7 +278,7 @@ impl Bridge {
         let actions = plan(
             &snapshot,
             &self.pods,
-            self.helper.generation(),
+            self.reach.generation(),
             Instant::now(),
         );
         let mut changes = Vec::new();
@@ -299,8 +303,8 @@ impl Bridge {
                 Action::Remap(name) => changes.extend(self.remap(&name).await),
             }
         }
-        if touched && let Err(e) = self.write_inetrc() {
-            warn!(error = %e, "could not update the inetrc file");
+        if touched && let Err(e) = self.publish() {
+            warn!(error = %e, "could not tell local nodes where the pods are now");
         }
         changes
     }
@@ -312,7 +316,7 @@ impl Bridge {
             Ok(held) => {
                 let nodes = held.nodes.clone();
                 info!(pod = %name, ip = %info.ip, "bridged");
-                let generation = self.helper.generation();
+                let generation = self.reach.generation();
                 self.pods.insert(
                     name.clone(),
                     PodState::Bridged {
@@ -342,24 +346,34 @@ impl Bridge {
         }
     }
 
-    /// Asks the pod's epmd for its nodes, opens their forwards and redirects. On failure
-    /// nothing of it stays.
+    /// Asks the pod's epmd for its nodes, opens their forwards and makes them reachable. On
+    /// failure nothing of it stays.
     async fn attach(&mut self, pod: &PodInfo) -> Result<Held, BridgeError> {
-        let registered = registered(&self.api, pod).await?;
-        let mut ports = vec![pod.epmd_port];
+        let registered = ask(&self.api, pod, |s| epmd::names(s).boxed()).await?;
+        if registered.is_empty() {
+            return Err(no_epmd(pod, AskError::NoNodes));
+        }
+        let mut versions = Vec::new();
+        for node in &registered {
+            versions.push(if self.reach.needs_versions() {
+                let alive = node.name.clone();
+                let port = ask(&self.api, pod, move |s| {
+                    async move { epmd::port_please(s, &alive).await }.boxed()
+                })
+                .await?;
+                port.map_or(0, |p| p.version)
+            } else {
+                0
+            });
+        }
+        let mut ports = Vec::new();
+        if self.reach.forwards_epmd() {
+            ports.push(pod.epmd_port);
+        }
         ports.extend(registered.iter().map(|r| r.port));
         let mut held = Held {
-            nodes: registered
-                .into_iter()
-                .map(|node| BridgedNode {
-                    node: format!("{}@{}", node.name, pod.host),
-                    pod: pod.name.clone(),
-                    namespace: pod.namespace.clone(),
-                    ip: pod.ip,
-                    epmd_port: pod.epmd_port,
-                    dist_port: node.port,
-                })
-                .collect(),
+            nodes: Vec::new(),
+            routes: Vec::new(),
             forwards: Vec::new(),
         };
         for port in ports {
@@ -372,7 +386,7 @@ impl Bridge {
                     self.failures.0.clone(),
                 )
                 .await?;
-                self.helper.map(addr, forward.local.port()).await?;
+                self.reach.map(addr, forward.local.port()).await?;
                 Ok::<_, BridgeError>(forward)
             }
             .await;
@@ -384,13 +398,35 @@ impl Bridge {
                 }
             }
         }
+        for (node, version) in registered.into_iter().zip(versions) {
+            let local_port = held
+                .forwards
+                .iter()
+                .find(|(addr, _)| addr.port() == node.port)
+                .map_or(0, |(_, f)| f.local.port());
+            held.routes.push(Route {
+                alive: node.name.clone(),
+                host: pod.host.clone(),
+                ip: pod.ip,
+                local_port,
+                version,
+            });
+            held.nodes.push(BridgedNode {
+                node: format!("{}@{}", node.name, pod.host),
+                pod: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+                ip: pod.ip,
+                epmd_port: pod.epmd_port,
+                dist_port: node.port,
+            });
+        }
         Ok(held)
     }
 
     /// Removes a pod's redirects; its forwards close when `held` is dropped.
     async fn detach(&mut self, pod: &str, held: Held) -> Vec<BridgedNode> {
         for (addr, _) in &held.forwards {
-            if let Err(e) = self.helper.unmap(*addr).await {
+            if let Err(e) = self.reach.unmap(*addr).await {
                 warn!(pod, %addr, error = %e, "could not remove a redirect");
             }
         }
@@ -431,7 +467,7 @@ impl Bridge {
 
     /// Adds a bridged pod's redirects to the current helper session.
     async fn remap(&mut self, name: &str) -> Option<Change> {
-        let generation = self.helper.generation();
+        let generation = self.reach.generation();
         let Some(PodState::Bridged {
             held,
             generation: g,
@@ -442,7 +478,7 @@ impl Bridge {
         };
         let mut failed = None;
         for (addr, forward) in &held.forwards {
-            if let Err(e) = self.helper.map(*addr, forward.local.port()).await {
+            if let Err(e) = self.reach.map(*addr, forward.local.port()).await {
                 failed = Some(e);
                 break;
             }
@@ -467,22 +503,18 @@ impl Bridge {
         })
     }
 
-    /// Writes the ERL_INETRC file for the bridged pods whose nodes use a DNS name.
-    fn write_inetrc(&mut self) -> Result<(), InetrcError> {
-        let hosts: Vec<(IpAddr, String)> = self
+    /// Tells local nodes where every bridged node is now.
+    fn publish(&mut self) -> Result<(), ReachError> {
+        let routes: Vec<Route> = self
             .pods
             .values()
             .filter_map(|state| match state {
-                PodState::Bridged { info, .. } if info.host.parse::<IpAddr>().is_err() => {
-                    Some((info.ip, info.host.clone()))
-                }
+                PodState::Bridged { held, .. } => Some(held.routes.clone()),
                 _ => None,
             })
+            .flatten()
             .collect();
-        if hosts.is_empty() && self.inetrc.is_none() {
-            return Ok(());
-        }
-        self.inetrc.get_or_insert_with(Inetrc::new).write(&hosts)
+        self.reach.publish(&routes)
     }
 }
 
@@ -493,30 +525,38 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// The nodes registered with the pod's epmd, asked through a port-forward.
-async fn registered(pods: &Api<Pod>, pod: &PodInfo) -> Result<Vec<epmd::Registered>, BridgeError> {
-    let no_epmd = |source: AskError| BridgeError::NoEpmd {
+fn no_epmd(pod: &PodInfo, source: AskError) -> BridgeError {
+    BridgeError::NoEpmd {
         pod: pod.name.clone(),
         port: pod.epmd_port,
         source,
-    };
-    let ask = async {
+    }
+}
+
+/// What `query` reads from the pod's epmd, asked through a port-forward of its own.
+async fn ask<T>(
+    pods: &Api<Pod>,
+    pod: &PodInfo,
+    query: impl for<'s> FnOnce(
+        &'s mut tokio::io::DuplexStream,
+    ) -> BoxFuture<'s, std::io::Result<Result<T, Malformed>>>,
+) -> Result<T, BridgeError> {
+    let asked = async {
         let forward::Opened {
             io: mut stream,
             refused,
         } = forward::open_with_retries(pods, &pod.name, pod.epmd_port).await?;
         tokio::select! {
-            names = epmd::names(&mut stream) => match names {
-                Ok(Ok(names)) if names.is_empty() => Err(no_epmd(AskError::NoNodes)),
-                Ok(Ok(names)) => Ok(names),
-                Ok(Err(malformed)) => Err(no_epmd(malformed.into())),
-                Err(e) => Err(no_epmd(e.into())),
+            answer = query(&mut stream) => match answer {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(malformed)) => Err(no_epmd(pod, malformed.into())),
+                Err(e) => Err(no_epmd(pod, e.into())),
             },
-            Some(message) = refused => Err(no_epmd(AskError::Refused(message))),
+            Some(message) = refused => Err(no_epmd(pod, AskError::Refused(message))),
         }
     };
-    match tokio::time::timeout(EPMD_TIMEOUT, ask).await {
+    match tokio::time::timeout(EPMD_TIMEOUT, asked).await {
         Ok(result) => result,
-        Err(_) => Err(no_epmd(AskError::Timeout(EPMD_TIMEOUT.as_secs()))),
+        Err(_) => Err(no_epmd(pod, AskError::Timeout(EPMD_TIMEOUT.as_secs()))),
     }
 }

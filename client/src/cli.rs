@@ -8,6 +8,7 @@ use crate::cookie::CookieSource;
 use crate::discover::{NodeHost, Target};
 use crate::k8s::ClusterOptions;
 use crate::output::Output;
+use crate::reach::ModeChoice;
 
 /// Exit codes, documented in `--help` and the README.
 pub mod exit {
@@ -121,6 +122,10 @@ pub struct DoctorArgs {
     /// erlbridge-helperd's socket.
     #[arg(long, env = crate::helper::ENV_HELPER_SOCKET, default_value = erlbridge_proto::DEFAULT_SOCKET)]
     pub helper_socket: PathBuf,
+    /// The mode to check for, as `erlbridge up --mode` takes it (the helper and the route are
+    /// checked only where nat applies).
+    #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
+    pub mode: ModeChoice,
     /// text for people, json for scripts (one check per line, then a summary).
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -166,6 +171,12 @@ pub struct BridgeArgs {
     /// erlbridge-helperd's socket.
     #[arg(long, env = crate::helper::ENV_HELPER_SOCKET, default_value = erlbridge_proto::DEFAULT_SOCKET)]
     pub helper_socket: PathBuf,
+    /// How local nodes reach the pod nodes: nat (erlbridge-helperd redirects the pod addresses;
+    /// works for any local node), epmd (no helper, no privilege: local nodes are started with
+    /// erlbridge's epmd module, whose flags erlbridge prints and sets for -- CMD and remsh), or
+    /// auto (nat when the helper answers, else epmd).
+    #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
+    pub mode: ModeChoice,
     /// text for people, json for scripts (one event per line).
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     pub output: Output,

@@ -14,12 +14,14 @@ use crate::discover::{Target, watch_config};
 use crate::helper::{self, HelperError};
 use crate::k8s::ClusterOptions;
 use crate::output::{self, Event, Output, chain, say};
+use crate::reach::{Mode, ModeChoice};
 use crate::watch::PodWatch;
 
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
-    /// Its name (`helper`, `allowed`, `nftables`, `kubernetes`, `rbac`, `route`, `erlang`).
+    /// Its name (`mode`, `helper`, `allowed`, `nftables`, `kubernetes`, `rbac`, `route`,
+    /// `erlang`).
     pub name: &'static str,
     /// Whether it passed.
     pub ok: bool,
@@ -326,16 +328,57 @@ fn erlang_check() -> Check {
     }
 }
 
-/// Runs every check.
+/// Which way `erlbridge up` would reach the pods, and why: with auto, nat when every helper
+/// check passes.
+fn mode_check(choice: ModeChoice, helper: &[Check]) -> (Mode, Check) {
+    let refusal = helper.iter().find(|c| !c.ok).map(|c| c.detail.clone());
+    let epmd = "local nodes must be started with erlbridge's epmd module (erlbridge up prints \
+                the flags and sets them for -- CMD and remsh)";
+    match (choice, refusal) {
+        (ModeChoice::Nat, _) => (
+            Mode::Nat,
+            pass("mode", "nat (--mode nat): through erlbridge-helperd"),
+        ),
+        (ModeChoice::Epmd, _) => (
+            Mode::Epmd,
+            pass("mode", format!("epmd (--mode epmd): {epmd}")),
+        ),
+        (ModeChoice::Auto, None) => (
+            Mode::Nat,
+            pass(
+                "mode",
+                "nat: erlbridge-helperd answers and lets you in, so any local node reaches the pods",
+            ),
+        ),
+        (ModeChoice::Auto, Some(why)) => (
+            Mode::Epmd,
+            pass(
+                "mode",
+                format!("epmd, because erlbridge-helperd cannot be used ({why}): {epmd}"),
+            ),
+        ),
+    }
+}
+
+/// Runs every check that applies to the mode `erlbridge up` would use.
 pub async fn checks(
     socket: &Path,
     cluster: &ClusterOptions,
     target: Option<&Target>,
+    choice: ModeChoice,
 ) -> Vec<Check> {
-    let ((mut checks, cidrs), (kube, pod_ips)) =
+    let ((helper, cidrs), (kube, pod_ips)) =
         tokio::join!(helper_checks(socket), kubernetes_checks(cluster, target));
+    let (mode, mode_check) = mode_check(choice, &helper);
+    let mut checks = vec![mode_check];
+    // The epmd mode needs neither the helper nor a route to the pod network.
+    if mode == Mode::Nat {
+        checks.extend(helper);
+    }
     checks.extend(kube);
-    checks.push(route_check(&pod_ips, &cidrs));
+    if mode == Mode::Nat {
+        checks.push(route_check(&pod_ips, &cidrs));
+    }
     checks.push(erlang_check());
     checks
 }
@@ -345,9 +388,10 @@ pub async fn run(
     socket: PathBuf,
     cluster: ClusterOptions,
     target: Option<Target>,
+    choice: ModeChoice,
     output: Output,
 ) -> u8 {
-    let checks = checks(&socket, &cluster, target.as_ref()).await;
+    let checks = checks(&socket, &cluster, target.as_ref(), choice).await;
     for c in &checks {
         match output {
             Output::Json => output::emit(&Event::Check {

@@ -1,9 +1,13 @@
 //! EPMD, as far as erlbridge needs it: the NAMES request, whose reply lists the nodes that
-//! run in a pod and their distribution ports, so no fixed ERL_PORT has to be known.
+//! run in a pod and their distribution ports, so no fixed ERL_PORT has to be known; and
+//! PORT_PLEASE2, whose reply carries a node's distribution protocol version (what the epmd
+//! module answers a local node with, in the no-helper mode).
 //!
 //! A request is a big-endian u16 length and a body; NAMES_REQ is the single byte 110. The
 //! reply is a u32 (epmd's own port, ignored: through a forward it is not ours) followed by
-//! lines `name <Name> at port <Port>\n` until epmd closes the connection.
+//! lines `name <Name> at port <Port>\n` until epmd closes the connection. PORT_PLEASE2_REQ is
+//! 122 and the alive name; PORT2_RESP is 119, a result byte (non-zero: no such node), then the
+//! port (u16), node type, protocol, highest and lowest version (u16 each), name and extra.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -42,6 +46,67 @@ pub enum AskError {
     /// epmd runs, but no node registered with it.
     #[error("epmd answers, but no Erlang node is registered with it")]
     NoNodes,
+}
+
+/// What PORT_PLEASE2 says of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortInfo {
+    /// Its distribution port.
+    pub port: u16,
+    /// The highest distribution protocol version it speaks.
+    pub version: u16,
+}
+
+/// Frames a PORT_PLEASE2 request for `alive`.
+pub fn port_please_request(alive: &str) -> Result<Vec<u8>, Malformed> {
+    let len = u16::try_from(alive.len() + 1)
+        .map_err(|_| Malformed(format!("the node name {alive:?} is too long")))?;
+    let mut request = len.to_be_bytes().to_vec();
+    request.push(122);
+    request.extend_from_slice(alive.as_bytes());
+    Ok(request)
+}
+
+/// Parses a PORT2_RESP; `None` when epmd knows no such node.
+pub fn parse_port2(reply: &[u8]) -> Result<Option<PortInfo>, Malformed> {
+    let short = || {
+        Malformed(format!(
+            "a PORT2_RESP of {} bytes is too short",
+            reply.len()
+        ))
+    };
+    match reply {
+        [119, 0, rest @ ..] => {
+            let field = |at: usize| -> Result<u16, Malformed> {
+                let bytes = rest.get(at..at + 2).ok_or_else(short)?;
+                Ok(u16::from_be_bytes([bytes[0], bytes[1]]))
+            };
+            Ok(Some(PortInfo {
+                port: field(0)?,
+                version: field(4)?,
+            }))
+        }
+        [119, _, ..] => Ok(None),
+        [other, ..] => Err(Malformed(format!(
+            "a PORT_PLEASE2 reply starts with {other}, not 119"
+        ))),
+        [] => Err(short()),
+    }
+}
+
+/// Asks the epmd at the other end of `stream` about node `alive`.
+pub async fn port_please<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    alive: &str,
+) -> std::io::Result<Result<Option<PortInfo>, Malformed>> {
+    let request = match port_please_request(alive) {
+        Ok(request) => request,
+        Err(e) => return Ok(Err(e)),
+    };
+    stream.write_all(&request).await?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await?;
+    Ok(parse_port2(&reply))
 }
 
 /// Parses a whole NAMES reply.
@@ -110,6 +175,31 @@ mod tests {
         let mut bad = 0u32.to_be_bytes().to_vec();
         bad.extend_from_slice(b"name app at port x\n");
         assert!(parse_names(&bad).is_err());
+    }
+
+    #[test]
+    fn port2_replies_are_parsed() {
+        assert_eq!(
+            port_please_request("app").unwrap(),
+            [0, 4, 122, b'a', b'p', b'p']
+        );
+        let mut reply = vec![119, 0];
+        reply.extend_from_slice(&9100u16.to_be_bytes());
+        reply.extend_from_slice(&[77, 0]);
+        reply.extend_from_slice(&6u16.to_be_bytes());
+        reply.extend_from_slice(&5u16.to_be_bytes());
+        reply.extend_from_slice(&[0, 3, b'a', b'p', b'p', 0, 0]);
+        assert_eq!(
+            parse_port2(&reply),
+            Ok(Some(PortInfo {
+                port: 9100,
+                version: 6
+            }))
+        );
+        assert_eq!(parse_port2(&[119, 1]), Ok(None));
+        assert!(parse_port2(&[119, 0, 1]).is_err());
+        assert!(parse_port2(&[120, 0]).is_err());
+        assert!(parse_port2(&[]).is_err());
     }
 
     #[tokio::test]

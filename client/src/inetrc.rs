@@ -3,62 +3,31 @@
 //! reads `{host, IP, [Names]}` entries from it, then falls back to the system resolver.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-/// An inetrc file of this process's; removed when dropped.
-#[derive(Debug)]
-pub struct Inetrc {
-    path: PathBuf,
-}
+use crate::runtime::RuntimeDir;
 
 /// The file could not be written.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write the ERL_INETRC file {path}")]
+#[error("cannot write the ERL_INETRC file in {dir}")]
 pub struct InetrcError {
-    /// The file.
-    pub path: PathBuf,
+    /// The runtime directory.
+    pub dir: PathBuf,
     /// What the system said.
     #[source]
     pub source: std::io::Error,
 }
 
-impl Inetrc {
-    /// A file in `$XDG_RUNTIME_DIR` (else the temporary directory), named after this process;
-    /// nothing is written yet.
-    pub fn new() -> Inetrc {
-        let dir = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|d| d.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        Inetrc {
-            path: dir.join(format!("erlbridge-{}.inetrc", std::process::id())),
-        }
-    }
+/// The file's name in the runtime directory.
+pub const FILE: &str = "inetrc";
 
-    /// Where it is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Writes the mapping of `hosts` (pod IP, DNS name).
-    pub fn write(&self, hosts: &[(IpAddr, String)]) -> Result<(), InetrcError> {
-        std::fs::write(&self.path, text(hosts)).map_err(|source| InetrcError {
-            path: self.path.clone(),
+/// Writes (or rewrites, at once) the mapping of `hosts` (pod IP, DNS name) into `dir`.
+pub fn write(dir: &RuntimeDir, hosts: &[(IpAddr, String)]) -> Result<PathBuf, InetrcError> {
+    dir.write(FILE, text(hosts).as_bytes())
+        .map_err(|source| InetrcError {
+            dir: dir.path().to_owned(),
             source,
         })
-    }
-}
-
-impl Default for Inetrc {
-    fn default() -> Inetrc {
-        Inetrc::new()
-    }
-}
-
-impl Drop for Inetrc {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// The inetrc text mapping DNS names to pod IPs, then falling back to the system resolver.
@@ -97,16 +66,5 @@ mod tests {
              {host, {64768,0,0,0,0,0,0,8}, [\"app-1.app.default.svc.cluster.local\"]}.\n\
              {lookup, [file, native]}.\n"
         );
-    }
-
-    #[test]
-    fn the_file_goes_with_its_owner() {
-        let file = Inetrc::new();
-        file.write(&[("10.0.0.1".parse().unwrap(), "a.b".into())])
-            .unwrap();
-        let path = file.path().to_owned();
-        assert!(path.exists());
-        drop(file);
-        assert!(!path.exists());
     }
 }

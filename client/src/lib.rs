@@ -2,7 +2,9 @@
 //! watch through the Kubernetes API ([`k8s`], [`discover`], [`watch`]), asks each pod's epmd
 //! which Erlang nodes run there ([`epmd`]), forwards their ports through the API
 //! ([`forward`]), and asks erlbridge-helperd (crate `erlbridge-proto` is its API) to redirect
-//! this user's connections to the pods' addresses onto those forwards ([`helper`]).
+//! this user's connections to the pods' addresses onto those forwards ([`helper`]) — or, with
+//! no helper, has local nodes find the forwards through an epmd module erlbridge ships
+//! ([`reach`] is that seam, [`runtime`] the private directory its files live in).
 //! [`bridge`] holds that network state and keeps it healed by the pure plan of [`reconcile`];
 //! the commands ([`up`], [`remsh`], [`status`], [`doctor`]) sit around it, and everything a
 //! person or script reads goes through [`output`]. Nothing here needs root.
@@ -20,8 +22,10 @@ pub mod helper;
 pub mod inetrc;
 pub mod k8s;
 pub mod output;
+pub mod reach;
 pub mod reconcile;
 pub mod remsh;
+pub mod runtime;
 pub mod status;
 pub mod up;
 pub mod watch;

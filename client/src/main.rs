@@ -58,10 +58,14 @@ fn main() -> ExitCode {
             Command::Status(args) => erlbridge::status::run(args.helper_socket, args.output).await,
             Command::Doctor(args) => {
                 let cluster = args.cluster.options();
-                Ok(
-                    erlbridge::doctor::run(args.helper_socket, cluster, args.target, args.output)
-                        .await,
+                Ok(erlbridge::doctor::run(
+                    args.helper_socket,
+                    cluster,
+                    args.target,
+                    args.mode,
+                    args.output,
                 )
+                .await)
             }
             Command::Completions { .. } | Command::Man => Ok(exit::OK),
         }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bridge::{BridgedNode, Change};
 use crate::forward::ForwardError;
+use crate::reach::Mode;
 
 pub mod text;
 
@@ -33,6 +34,10 @@ pub enum Event {
         nodes: Vec<BridgedNode>,
         /// The ERL_INETRC file for DNS-named nodes, if any.
         inetrc: Option<PathBuf>,
+        /// How local nodes reach them.
+        mode: Mode,
+        /// In epmd mode, the flags a local node must be started with (its `ERL_AFLAGS`).
+        erl_flags: Option<String>,
     },
     /// A pod (a new replica) is bridged.
     PodAdded {
@@ -340,13 +345,16 @@ mod tests {
         let ready = Event::Ready {
             nodes: vec![node.clone()],
             inetrc: None,
+            mode: Mode::Epmd,
+            erl_flags: Some("-pa /d -epmd_module erlbridge_epmd -hidden".into()),
         };
         let json: serde_json::Value = serde_json::to_value(&ready).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"event": "ready", "inetrc": null, "nodes": [{
                 "node": "app@10.244.1.8", "pod": "app-0", "namespace": "default",
-                "ip": "10.244.1.8", "epmd_port": 4369, "dist_port": 9100}]})
+                "ip": "10.244.1.8", "epmd_port": 4369, "dist_port": 9100}],
+                "mode": "epmd", "erl_flags": "-pa /d -epmd_module erlbridge_epmd -hidden"})
         );
         for (event, text) in [
             (Event::HelperLost, r#"{"event":"helper_lost"}"#),

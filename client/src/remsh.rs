@@ -35,7 +35,9 @@ pub fn shell_argv(iex: bool, local: &str, node: &str) -> Vec<String> {
 /// Runs `erlbridge remsh`; returns the process's exit code.
 pub async fn run(args: RemshArgs) -> Result<u8, Failure> {
     let output = args.bridge.output;
-    let Up { mut bridge, cookie } = bring_up(&args.bridge).await?;
+    let Up {
+        mut bridge, cookie, ..
+    } = bring_up(&args.bridge).await?;
     let Some(cookie) = cookie else {
         return Err(Failure::new(
             exit::NOT_FOUND,
@@ -72,12 +74,21 @@ pub async fn run(args: RemshArgs) -> Result<u8, Failure> {
     if output == Output::Text {
         eprintln!("erlbridge: {} (hidden) attaching to {node}", argv[0]);
     }
+    // The shell runs on the pod's node: its q() stops the pod, not this terminal's node.
+    eprintln!(
+        "erlbridge: careful: in this shell q(), init:stop() and System.halt() stop the POD's \
+         node {node}; leave with Ctrl-G then q (or Ctrl-C then a), which ends only this shell"
+    );
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .env("ERL_FLAGS", format!("-setcookie {cookie}"))
         .kill_on_drop(true);
-    if let Some(path) = &bridge.ready().inetrc {
+    let ready = bridge.ready();
+    if let Some(path) = &ready.inetrc {
         cmd.env("ERL_INETRC", path);
+    }
+    if let Some(flags) = &ready.erl_flags {
+        cmd.env("ERL_AFLAGS", crate::up::with_erl_aflags(flags));
     }
     let mut shell = cmd.spawn().map_err(|e| {
         Failure::new(

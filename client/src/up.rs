@@ -18,6 +18,8 @@ use crate::forward::ForwardError;
 use crate::helper::{HelperError, Link};
 use crate::k8s::K8sError;
 use crate::output::{self, Event, Failure, Output};
+use crate::reach::{ModeChoice, Reach, ReachError};
+use crate::runtime::{RuntimeDir, RuntimeError};
 use crate::watch::PodWatch;
 
 /// Why the bridge could not be brought up.
@@ -38,6 +40,12 @@ pub enum UpError {
     /// A pod could not be bridged.
     #[error(transparent)]
     Bridge(#[from] BridgeError),
+    /// The runtime directory cannot be used.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The chosen way to reach the pods cannot be set up.
+    #[error(transparent)]
+    Reach(#[from] ReachError),
 }
 
 /// The exit code and kind of a failure.
@@ -66,11 +74,15 @@ pub fn classify(e: &UpError) -> (u8, &'static str) {
         UpError::Bridge(
             BridgeError::Forward(ForwardError::Refused { .. }) | BridgeError::NoEpmd { .. },
         ) => (exit::NOT_READY, "no_epmd"),
-        UpError::Bridge(
-            BridgeError::Forward(ForwardError::Listen(_) | ForwardError::Accept { .. })
-            | BridgeError::Inetrc(_),
-        ) => (exit::OTHER, "local"),
-        UpError::Bridge(BridgeError::Helper(e)) | UpError::Helper(e) => helper(e),
+        UpError::Bridge(BridgeError::Forward(
+            ForwardError::Listen(_) | ForwardError::Accept { .. },
+        ))
+        | UpError::Runtime(_) => (exit::OTHER, "local"),
+        UpError::Bridge(BridgeError::Reach(e)) | UpError::Reach(e) => match e {
+            ReachError::Helper(e) => helper(e),
+            ReachError::Inetrc(_) | ReachError::Module { .. } => (exit::OTHER, "local"),
+        },
+        UpError::Helper(e) => helper(e),
         UpError::Cookie(CookieError::NotFound(_)) => (exit::NOT_FOUND, "cookie_not_found"),
         UpError::Cookie(CookieError::Forbidden { .. }) => (exit::FORBIDDEN, "kubernetes_forbidden"),
         UpError::Cookie(CookieError::Api(..)) => (exit::KUBERNETES, "kubernetes"),
@@ -84,10 +96,50 @@ impl From<UpError> for Failure {
     }
 }
 
-/// A bridge that is up, and the nodes' cookie when known (never logged, never in JSON).
+/// A bridge that is up, the nodes' cookie when known (never logged, never in JSON), and why
+/// `--mode auto` chose epmd, when it did.
 pub(crate) struct Up {
     pub(crate) bridge: Bridge,
     pub(crate) cookie: Option<String>,
+    pub(crate) fallback: Option<String>,
+}
+
+/// The way to reach the pods `--mode` asks for; with auto, nat when the helper lets this user
+/// open a session, else epmd and the reason.
+async fn reach(args: &BridgeArgs, label: &str) -> Result<(Reach, Option<String>), UpError> {
+    let dir = RuntimeDir::create()?;
+    Ok(match args.mode {
+        ModeChoice::Nat => (
+            Reach::nat(dir, Link::open(&args.helper_socket, label).await?),
+            None,
+        ),
+        ModeChoice::Epmd => (Reach::epmd(dir)?, None),
+        ModeChoice::Auto => match Link::open(&args.helper_socket, label).await {
+            Ok(link) => (Reach::nat(dir, link), None),
+            Err(e) => (Reach::epmd(dir)?, Some(fallback_reason(&e))),
+        },
+    })
+}
+
+/// Why auto mode did not use the helper, in a few words.
+fn fallback_reason(e: &HelperError) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    match e {
+        HelperError::Unreachable { socket, .. } => format!(
+            "erlbridge-helperd is not reachable at {} ({cause})",
+            socket.display()
+        ),
+        HelperError::NoAccess { socket } => {
+            format!(
+                "you may not open erlbridge-helperd's socket {}",
+                socket.display()
+            )
+        }
+        HelperError::Refused { .. } => e.to_string(),
+    }
 }
 
 /// Watches the target, checks its first snapshot, finds the cookie, opens the helper session
@@ -104,9 +156,13 @@ async fn up(args: &BridgeArgs) -> Result<Up, UpError> {
     let ready: Vec<_> = snapshot.into_values().filter_map(Result::ok).collect();
     let cookie =
         crate::cookie::find(&client, &namespace, args.cookie_from.as_ref(), &ready).await?;
-    let helper = Link::open(&args.helper_socket, &format!("erlbridge up {target}")).await?;
-    let bridge = Bridge::up(client, &namespace, watch, helper).await?;
-    Ok(Up { bridge, cookie })
+    let (reach, fallback) = reach(args, &format!("erlbridge up {target}")).await?;
+    let bridge = Bridge::up(client, &namespace, watch, reach).await?;
+    Ok(Up {
+        bridge,
+        cookie,
+        fallback,
+    })
 }
 
 /// Brings the bridge up (within `--ready-timeout`), writes the cookie file if asked, and
@@ -147,6 +203,9 @@ pub(crate) async fn bring_up(args: &BridgeArgs) -> Result<Up, Failure> {
     for why in &ready.skipped {
         output::warn(Output::Text, &format!("not bridged: {why}"));
     }
+    if let Some(why) = &up.fallback {
+        output::warn(args.output, &format!("using mode epmd: {why}"));
+    }
     report_ready(args, &ready, up.cookie.as_deref());
     Ok(up)
 }
@@ -156,6 +215,8 @@ fn report_ready(args: &BridgeArgs, ready: &Ready, cookie: Option<&str>) {
         Output::Json => output::emit(&Event::Ready {
             nodes: ready.nodes.clone(),
             inetrc: ready.inetrc.clone(),
+            mode: ready.mode,
+            erl_flags: ready.erl_flags.clone(),
         }),
         Output::Text => output::say(&output::text::ready(ready, cookie, args.show_cookie)),
     }
@@ -163,7 +224,9 @@ fn report_ready(args: &BridgeArgs, ready: &Ready, cookie: Option<&str>) {
 
 /// Runs `erlbridge up`; returns the process's exit code.
 pub async fn run(args: UpArgs) -> Result<u8, Failure> {
-    let Up { mut bridge, cookie } = bring_up(&args.bridge).await?;
+    let Up {
+        mut bridge, cookie, ..
+    } = bring_up(&args.bridge).await?;
     let env = command_env(&bridge.ready(), cookie.as_deref());
     let out = args.bridge.output;
     let started = std::time::Instant::now();
@@ -218,8 +281,8 @@ pub(crate) async fn stop_signal() -> u8 {
     }
 }
 
-/// The environment `-- CMD` gets: the bridged node names, the inetrc file if any, and the
-/// cookie when known.
+/// The environment `-- CMD` gets: the bridged node names, the inetrc file if any, the epmd
+/// module's flags added to the user's own ERL_AFLAGS (epmd mode), and the cookie when known.
 pub(crate) fn command_env(ready: &Ready, cookie: Option<&str>) -> Vec<(String, String)> {
     let nodes: Vec<&str> = ready.nodes.iter().map(|n| n.node.as_str()).collect();
     let mut env = vec![
@@ -232,10 +295,21 @@ pub(crate) fn command_env(ready: &Ready, cookie: Option<&str>) -> Vec<(String, S
     if let Some(path) = &ready.inetrc {
         env.push(("ERL_INETRC".to_owned(), path.display().to_string()));
     }
+    if let Some(flags) = &ready.erl_flags {
+        env.push(("ERL_AFLAGS".to_owned(), with_erl_aflags(flags)));
+    }
     if let Some(cookie) = cookie {
         env.push(("ERLBRIDGE_COOKIE".to_owned(), cookie.to_owned()));
     }
     env
+}
+
+/// `flags` after the user's own ERL_AFLAGS, if any.
+pub(crate) fn with_erl_aflags(flags: &str) -> String {
+    match std::env::var("ERL_AFLAGS") {
+        Ok(own) if !own.trim().is_empty() => format!("{own} {flags}"),
+        _ => flags.to_owned(),
+    }
 }
 
 async fn run_command(args: &UpArgs, env: Vec<(String, String)>) -> u8 {

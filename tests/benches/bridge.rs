@@ -1,7 +1,9 @@
-//! Benchmark (needs root): Erlang distribution through erlbridge next to the limit, a direct
-//! route to the pod from the cluster namespace, in the same run: `rpc:call` round trip p50/p99
-//! and bulk throughput (a 64 MiB binary in an rpc, best of three). Then the time from `erlbridge up` to its
-//! ready event for one pod and for a 20-replica StatefulSet. Prints figures only.
+//! Benchmark (needs root): Erlang distribution through erlbridge in both modes (nat: the
+//! helper's redirect; epmd: the epmd module, no helper) next to the limit, a direct route to
+//! the pod from the cluster namespace, in the same run: `rpc:call` round trip p50/p99 and bulk
+//! throughput (a 64 MiB binary in an rpc, best of three). Then the time from `erlbridge up` to
+//! its ready event for one pod and for a 20-replica StatefulSet, in both modes. Prints figures
+//! only.
 
 use std::time::Instant;
 
@@ -51,10 +53,10 @@ fn parse(text: &str) -> anyhow::Result<(u64, u64, u64)> {
 
 fn main() -> anyhow::Result<()> {
     let s = Scenario::start(MANIFEST, 61001);
-    let up = |target: &str| {
+    let up = |target: &str, mode: &str| {
         let start = Instant::now();
-        let (bridge, _) = s.up(&[target]);
-        (start.elapsed(), bridge)
+        let (bridge, ready) = s.up(&[target, "--mode", mode]);
+        (start.elapsed(), bridge, ready)
     };
 
     let node = format!("app@{}", s.cluster.pod("app-0").ip());
@@ -67,46 +69,72 @@ fn main() -> anyhow::Result<()> {
         &erlang::parse_result(&String::from_utf8_lossy(&out.stdout)).map_err(anyhow::Error::msg)?,
     )?;
 
-    let (ready_one, bridge) = up("app-0");
-    let bridged = parse(&s.ws.erl_eval(&s.user, COOKIE, &measurement(&node), &[])?)?;
+    let (ready_one, bridge, _) = up("app-0", "nat");
+    let nat = parse(&s.ws.erl_eval(&s.user, COOKIE, &measurement(&node), &[])?)?;
+    drop(bridge);
+    let (ready_one_epmd, bridge, ready) = up("app-0", "epmd");
+    let flags: Vec<String> = ready
+        .erl_flags
+        .context("epmd mode has flags")?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let epmd = parse(
+        &s.ws
+            .erl_eval(&s.user, COOKIE, &measurement(&node), &flags)?,
+    )?;
     drop(bridge);
 
-    let (ready_twenty, bridge) = up("statefulset/big");
-    drop(bridge);
-    let (ready_one_again, bridge) = up("big-0");
-    drop(bridge);
+    let mut ready_times = Vec::new();
+    for mode in ["nat", "epmd"] {
+        let (twenty, bridge, _) = up("statefulset/big", mode);
+        drop(bridge);
+        let (one, bridge, _) = up("big-0", mode);
+        drop(bridge);
+        ready_times.push((mode, one, twenty));
+    }
 
-    println!("Erlang distribution to one pod node, direct route vs through erlbridge");
+    println!("Erlang distribution to one pod node: direct route vs through erlbridge, per mode");
     println!(
         "{:<28} {:>14} {:>14} {:>12}",
         "", "rpc:call p50", "rpc:call p99", "bulk MB/s"
     );
     for (name, (p50, p99, mbps)) in [
         ("direct (the limit)", direct),
-        ("through erlbridge", bridged),
+        ("erlbridge, mode nat", nat),
+        ("erlbridge, mode epmd", epmd),
     ] {
         println!("{name:<28} {:>12}us {:>12}us {:>12}", p50, p99, mbps);
     }
+    for (name, (p50, p99, mbps)) in [("nat", nat), ("epmd", epmd)] {
+        println!(
+            "ratios {name}/direct: p50 {:.1}x, p99 {:.1}x, throughput {:.2}x",
+            p50 as f64 / direct.0.max(1) as f64,
+            p99 as f64 / direct.1.max(1) as f64,
+            mbps as f64 / direct.2.max(1) as f64
+        );
+    }
     println!(
-        "ratios bridge/direct: p50 {:.1}x, p99 {:.1}x, throughput {:.2}x",
-        bridged.0 as f64 / direct.0.max(1) as f64,
-        bridged.1 as f64 / direct.1.max(1) as f64,
-        bridged.2 as f64 / direct.2.max(1) as f64
+        "ratios epmd/nat: p50 {:.2}x, p99 {:.2}x, throughput {:.2}x (epmd must be no slower)",
+        epmd.0 as f64 / nat.0.max(1) as f64,
+        epmd.1 as f64 / nat.1.max(1) as f64,
+        epmd.2 as f64 / nat.2.max(1) as f64
     );
     println!("\ntime from `erlbridge up` to its ready event");
     println!(
-        "  1 pod (app-0):                 {:>8.0} ms",
-        ready_one.as_secs_f64() * 1e3
+        "  1 pod (app-0):                 nat {:>6.0} ms   epmd {:>6.0} ms",
+        ready_one.as_secs_f64() * 1e3,
+        ready_one_epmd.as_secs_f64() * 1e3
     );
-    println!(
-        "  1 pod (big-0):                 {:>8.0} ms",
-        ready_one_again.as_secs_f64() * 1e3
-    );
-    println!(
-        "  20-replica StatefulSet (big):  {:>8.0} ms ({:.1}x one pod, {:.0} ms per pod)",
-        ready_twenty.as_secs_f64() * 1e3,
-        ready_twenty.as_secs_f64() / ready_one_again.as_secs_f64(),
-        ready_twenty.as_secs_f64() * 1e3 / 20.0
-    );
+    for (mode, one, twenty) in ready_times {
+        println!(
+            "  mode {mode:<4} 1 pod (big-0) {:>6.0} ms; 20-replica StatefulSet {:>6.0} ms ({:.1}x one pod, {:.0} ms per pod)",
+            one.as_secs_f64() * 1e3,
+            twenty.as_secs_f64() * 1e3,
+            twenty.as_secs_f64() / one.as_secs_f64(),
+            twenty.as_secs_f64() * 1e3 / 20.0
+        );
+    }
     Ok(())
 }

@@ -258,7 +258,10 @@ impl Cluster {
             Some(name) => {
                 let home = self.home.path().join(&desc.name);
                 std::fs::create_dir_all(&home)?;
-                let argv = erlang::node_argv(name, &cookie, dist_port);
+                let argv = match desc.command.first().map(String::as_str) {
+                    Some("elixir") => erlang::elixir_node_argv(name, &cookie, dist_port),
+                    _ => erlang::node_argv(name, &cookie, dist_port),
+                };
                 let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
                 let mut cmd = ns.command(&argv);
                 cmd.env("HOME", &home);

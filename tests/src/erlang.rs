@@ -79,6 +79,26 @@ pub fn node_argv(node: &str, cookie: &str, dist_port: Option<u16>) -> Vec<String
     argv
 }
 
+/// The command line that runs a pod's node with Elixir loaded (a release built with Mix), for
+/// pods whose container command is `elixir`.
+pub fn elixir_node_argv(node: &str, cookie: &str, dist_port: Option<u16>) -> Vec<String> {
+    let mut argv: Vec<String> = ["elixir", "--name", node, "--cookie", cookie, "--no-halt"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    if let Some(port) = dist_port {
+        argv.extend([
+            "--erl".to_owned(),
+            format!("-kernel inet_dist_listen_min {port} inet_dist_listen_max {port}"),
+        ]);
+    }
+    argv.extend([
+        "-e".to_owned(),
+        "Application.ensure_all_started(:iex)".to_owned(),
+    ]);
+    argv
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

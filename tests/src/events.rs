@@ -6,6 +6,7 @@ use std::time::Duration;
 
 pub use erlbridge::bridge::BridgedNode;
 pub use erlbridge::output::Event;
+pub use erlbridge::reach::Mode;
 
 use crate::Spawned;
 
@@ -16,6 +17,10 @@ pub struct Ready {
     pub nodes: Vec<BridgedNode>,
     /// The ERL_INETRC file, if any.
     pub inetrc: Option<PathBuf>,
+    /// How local nodes reach the pods.
+    pub mode: Mode,
+    /// The flags local nodes need (epmd mode).
+    pub erl_flags: Option<String>,
 }
 
 /// Parses one line of output as an event.
@@ -36,10 +41,20 @@ pub fn wait(up: &mut Spawned, within: Duration, matches: impl Fn(&Event) -> bool
     parse(&line).expect("an event")
 }
 
-/// Waits for the first event, which must be `ready`.
+/// Waits for the first event but warnings, which must be `ready`.
 pub fn ready(up: &mut Spawned, within: Duration) -> Ready {
-    match wait(up, within, |_| true) {
-        Event::Ready { nodes, inetrc } => Ready { nodes, inetrc },
+    match wait(up, within, |e| !matches!(e, Event::Warning { .. })) {
+        Event::Ready {
+            nodes,
+            inetrc,
+            mode,
+            erl_flags,
+        } => Ready {
+            nodes,
+            inetrc,
+            mode,
+            erl_flags,
+        },
         other => panic!("erlbridge reported {other:?} instead of ready"),
     }
 }

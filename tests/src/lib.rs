@@ -15,6 +15,7 @@ pub mod helperd;
 pub mod netns;
 pub mod process;
 pub mod scenario;
+pub mod terminal;
 pub mod user;
 pub mod workstation;
 
@@ -24,6 +25,7 @@ pub use helperd::Helperd;
 pub use netns::Netns;
 pub use process::{Spawned, rss_kib};
 pub use scenario::Scenario;
+pub use terminal::Terminal;
 pub use user::User;
 pub use workstation::Workstation;
 

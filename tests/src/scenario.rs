@@ -11,8 +11,8 @@ use crate::{Bins, Cluster, Helperd, Spawned, User, Workstation, require_root};
 /// Workstation, cluster, helper and user. Fields drop in order: helper, cluster, workstation,
 /// binaries.
 pub struct Scenario {
-    /// The helper, as root in the workstation.
-    pub helperd: Helperd,
+    /// The helper, as root in the workstation (none in the no-helper scenarios).
+    pub helperd: Option<Helperd>,
     /// The test cluster.
     pub cluster: Cluster,
     /// The workstation.
@@ -26,19 +26,31 @@ pub struct Scenario {
 impl Scenario {
     /// Builds everything; `uid` names the user (tests running side by side use different ones).
     pub fn start(manifest: &str, uid: u32) -> Scenario {
+        let mut s = Scenario::start_without_helper(manifest, uid);
+        s.helperd = Some(Helperd::start(&s.ws, &s.bins, "").expect("helperd"));
+        s
+    }
+
+    /// Builds the workstation and the cluster, and starts no helper: nothing privileged runs
+    /// on the workstation.
+    pub fn start_without_helper(manifest: &str, uid: u32) -> Scenario {
         require_root();
         let bins =
             Bins::stage(&["erlbridge-helperd", "helper-probe", "erlbridge"]).expect("binaries");
         let ws = Workstation::new().expect("workstation");
         let cluster = Cluster::start(&ws, manifest).expect("cluster");
-        let helperd = Helperd::start(&ws, &bins, "").expect("helperd");
         Scenario {
-            helperd,
+            helperd: None,
             cluster,
             ws,
             bins,
             user: User::member(uid),
         }
+    }
+
+    /// The helper; the scenario must have one.
+    pub fn helper(&mut self) -> &mut Helperd {
+        self.helperd.as_mut().expect("this scenario runs no helper")
     }
 
     /// `erlbridge SUB ARGS`, pointed at the test cluster and helper unless ARGS say otherwise.
@@ -51,10 +63,12 @@ impl Scenario {
             ]);
         }
         if !args.contains(&"--helper-socket") {
-            argv.extend([
-                "--helper-socket".to_owned(),
-                self.helperd.socket.display().to_string(),
-            ]);
+            // Without a helper, a socket path where none will ever be.
+            let socket = match &self.helperd {
+                Some(helperd) => helperd.socket.clone(),
+                None => self.ws.scratch().join("no-helper.sock"),
+            };
+            argv.extend(["--helper-socket".to_owned(), socket.display().to_string()]);
         }
         argv.extend(args.iter().map(|a| (*a).to_owned()));
         argv

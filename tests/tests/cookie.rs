@@ -2,9 +2,9 @@
 //! output or logs; `--cookie-file` is private; `erlbridge remsh` attaches a real shell in a
 //! terminal (tmux) to the pod node. Helper as root, the rest as an unprivileged uid.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use erlbridge_testbed::Scenario;
+use erlbridge_testbed::{Scenario, Terminal};
 
 const COOKIE: &str = "s3cr3t-c00kie";
 const MANIFEST: &str = r#"
@@ -135,81 +135,21 @@ fn remsh_attaches_a_shell_in_a_terminal_and_ends_with_it() {
     let s = Scenario::start(MANIFEST, 61040);
     let node = format!("app@{}", s.cluster.pod("app-0").ip());
     assert!(!s.reaches(COOKIE, &node), "the control");
-    let home = s.ws.home(&s.user).expect("home").display().to_string();
-    let mut wrapped = s.user.wrap(&home, &[]);
-    wrapped.insert(wrapped.len(), "TERM=xterm".to_owned());
     let argv = s.erlbridge(
         "remsh",
         &["app-0", "--erl", "--cookie-from", "secret/app-cookie"],
     );
-    let command = ["ip", "netns", "exec", s.ws.ns.name()]
-        .iter()
-        .map(|a| (*a).to_owned())
-        .chain(wrapped)
-        .chain(argv)
-        .collect::<Vec<_>>()
-        .join(" ");
-    let session = format!("eb-remsh-{}", std::process::id());
-    let tmux = |args: &[&str]| {
-        std::process::Command::new("tmux")
-            .args(args)
-            .output()
-            .expect("tmux")
-    };
-    let screen = || {
-        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
-    };
-    let wait_for = |what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !screen().contains(what) {
-            assert!(
-                Instant::now() < deadline,
-                "{what:?} never showed; screen:\n{}",
-                screen()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    assert!(
-        tmux(&[
-            "new-session",
-            "-d",
-            "-s",
-            &session,
-            "-x",
-            "200",
-            "-y",
-            "50",
-            &command
-        ])
-        .status
-        .success()
-    );
+    let term = Terminal::start(&s.ws, &s.user, &[], &argv);
     let prompt = format!("({node})1>");
-    wait_for(&prompt);
-    tmux(&["send-keys", "-t", &session, "node().", "Enter"]);
-    wait_for(&format!("'{node}'"));
+    term.wait_for(&prompt);
+    term.line("node().");
+    term.wait_for(&format!("'{node}'"));
     assert_eq!(s.mappings(), 2, "bridged while the shell runs");
     // Quit the local shell only (the BREAK menu's q), never the pod node.
-    tmux(&["send-keys", "-t", &session, "C-g"]);
-    tmux(&["send-keys", "-t", &session, "q", "Enter"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tmux(&["has-session", "-t", &session]).status.success() {
-        assert!(
-            Instant::now() < deadline,
-            "the shell did not end; screen:\n{}",
-            screen()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while s.mappings() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "rules left after the shell ended"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    term.keys(&["C-g"]);
+    term.line("q");
+    term.wait_end(Duration::from_secs(10));
+    s.wait_no_mappings(Duration::from_secs(2));
     assert_eq!(
         s.cluster
             .pod("app-0")

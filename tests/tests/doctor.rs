@@ -29,11 +29,29 @@ fn doctor(
     user: &User,
     kubeconfig: &std::path::Path,
 ) -> (i32, BTreeMap<String, Check>) {
+    doctor_for(s, user, kubeconfig, "auto")
+}
+
+/// The same for `--mode MODE`.
+fn doctor_for(
+    s: &Scenario,
+    user: &User,
+    kubeconfig: &std::path::Path,
+    mode: &str,
+) -> (i32, BTreeMap<String, Check>) {
     let kc = kubeconfig.display().to_string();
     let (code, out, err) = s.run(
         user,
         "doctor",
-        &["app-0", "--kubeconfig", &kc, "--output", "json"],
+        &[
+            "app-0",
+            "--kubeconfig",
+            &kc,
+            "--output",
+            "json",
+            "--mode",
+            mode,
+        ],
     );
     let events = events::all(&out);
     assert!(
@@ -80,15 +98,34 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
     let (code, checks) = doctor(&s, &user, &kubeconfig);
     assert_eq!(failing(&checks), Vec::<String>::new(), "{checks:?}");
     assert_eq!(code, 0);
-    assert_eq!(checks.len(), 7, "{checks:?}");
+    assert_eq!(checks.len(), 8, "{checks:?}");
+    assert!(
+        text(&checks, "mode", "detail").starts_with("nat: erlbridge-helperd answers"),
+        "{checks:?}"
+    );
     assert!(
         text(&checks, "nftables", "detail").contains("nftables v"),
         "{checks:?}"
     );
     assert!(text(&checks, "route", "detail").contains(&s.cluster.pod("app-0").ip()));
 
-    // A caller outside the group.
+    // A caller outside the group: nat fails, auto would use the epmd mode and says why.
     let (code, checks) = doctor(&s, &User::outsider(61061), &kubeconfig);
+    assert_eq!(
+        (code, failing(&checks)),
+        (0, Vec::<String>::new()),
+        "{checks:?}"
+    );
+    assert!(
+        text(&checks, "mode", "detail")
+            .starts_with("epmd, because erlbridge-helperd cannot be used"),
+        "{checks:?}"
+    );
+    assert!(
+        !checks.contains_key("route"),
+        "the epmd mode needs no route: {checks:?}"
+    );
+    let (code, checks) = doctor_for(&s, &User::outsider(61061), &kubeconfig, "nat");
     assert_eq!(code, 1);
     assert!(
         failing(&checks).contains(&"helper".to_owned()),
@@ -142,9 +179,15 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
     );
     s.ws.set_default_route(true).expect("route");
 
-    // The helper stopped.
-    s.helperd.stop(Signal::SIGTERM).expect("stop");
+    // The helper stopped: auto would use the epmd mode; nat cannot work.
+    s.helper().stop(Signal::SIGTERM).expect("stop");
     let (code, checks) = doctor(&s, &user, &kubeconfig);
+    assert_eq!(code, 0, "{checks:?}");
+    assert!(
+        text(&checks, "mode", "detail").contains("is not reachable"),
+        "{checks:?}"
+    );
+    let (code, checks) = doctor_for(&s, &user, &kubeconfig, "nat");
     assert_eq!(code, 1);
     assert!(
         failing(&checks).contains(&"helper".to_owned()),

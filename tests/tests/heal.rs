@@ -202,14 +202,19 @@ fn a_restarted_helper_gets_every_mapping_back() {
             .count();
     assert_eq!(before, 2);
 
-    s.helperd.stop(Signal::SIGKILL).expect("killed");
+    s.helper().stop(Signal::SIGKILL).expect("killed");
     event(
         &mut up,
         |e| matches!(e, Event::HelperLost),
         Duration::from_secs(5),
     );
     let started = Instant::now();
-    s.helperd.restart(&s.ws).expect("restart");
+    let ws = &s.ws;
+    s.helperd
+        .as_mut()
+        .expect("a helper")
+        .restart(ws)
+        .expect("restart");
     event(
         &mut up,
         |e| matches!(e, Event::HelperRestored),

@@ -370,14 +370,20 @@ fn bad_input_gets_a_clear_error_an_exit_code_and_leaves_nothing() {
         (
             "caller not allowed",
             &outsider,
-            vec!["app-0"],
+            vec!["app-0", "--mode", "nat"],
             7,
             "usermod -aG erlbridge",
         ),
         (
             "helper not running",
             &user,
-            vec!["app-0", "--helper-socket", "/nonexistent/helper.sock"],
+            vec![
+                "app-0",
+                "--mode",
+                "nat",
+                "--helper-socket",
+                "/nonexistent/helper.sock",
+            ],
             7,
             "is not reachable",
         ),
@@ -403,9 +409,10 @@ fn bad_input_gets_a_clear_error_an_exit_code_and_leaves_nothing() {
     );
 
     // A helper whose policy refuses the pod network.
-    s.helperd.stop(Signal::SIGTERM).expect("stop");
-    s.helperd =
-        Helperd::start(&s.ws, &s.bins, "allowed_cidrs = [\"192.168.0.0/16\"]").expect("helperd");
+    s.helper().stop(Signal::SIGTERM).expect("stop");
+    s.helperd = Some(
+        Helperd::start(&s.ws, &s.bins, "allowed_cidrs = [\"192.168.0.0/16\"]").expect("helperd"),
+    );
     let (status, out, err) = s.run(&user, "up", &["app-0"]);
     assert_eq!(status, 8, "{out}{err}");
     assert!(err.contains("allowed_cidrs"), "{err}");

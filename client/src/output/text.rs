@@ -4,13 +4,18 @@
 use crate::bridge::{BridgedNode, Change, Ready};
 use crate::forward::ForwardError;
 use crate::output::chain;
+use crate::reach::Mode;
 
 /// The ready report; the cookie goes into the commands only when `show_cookie` says so.
 pub fn ready(ready: &Ready, cookie: Option<&str>, show_cookie: bool) -> String {
     let mut text = String::new();
     let count = ready.nodes.len();
+    let how = match ready.mode {
+        Mode::Nat => "mode nat: erlbridge-helperd redirects the pod addresses, for your user only",
+        Mode::Epmd => "mode epmd: no helper; local nodes need erlbridge's epmd module, below",
+    };
     text.push_str(&format!(
-        "erlbridge: {count} node{} bridged\n",
+        "erlbridge: {count} node{} bridged ({how})\n",
         if count == 1 { "" } else { "s" }
     ));
     for n in &ready.nodes {
@@ -37,13 +42,29 @@ pub fn ready(ready: &Ready, cookie: Option<&str>, show_cookie: bool) -> String {
             "Set COOKIE to the nodes' cookie (or let erlbridge read it: --cookie-from secret/NAME), then connect a hidden local node:".to_owned(),
         ),
     };
+    let node = &first.node;
+    let (erl_flags, iex_erl) = match &ready.erl_flags {
+        // The commands say -hidden / --hidden themselves.
+        Some(flags) => {
+            let module = flags.strip_suffix(" -hidden").unwrap_or(flags);
+            (format!(" {module}"), format!("--erl \"{module}\" "))
+        }
+        None => (String::new(), String::new()),
+    };
     text.push_str(&format!(
         "\n{intro}\n\
-         \x20 {env}iex --name me@127.0.0.1 --cookie {cookie} --hidden --remsh {node}\n\
-         \x20 {env}erl -name me@127.0.0.1 -setcookie {cookie} -hidden -remsh {node}\n\
+         \x20 {env}iex {iex_erl}--name me@127.0.0.1 --cookie {cookie} --hidden --remsh {node}\n\
+         \x20 {env}erl -name me@127.0.0.1 -setcookie {cookie} -hidden{erl_flags} -remsh {node}\n\
          \x20 or, in a node started with --hidden: Node.connect(:\"{node}\")\n",
-        node = first.node
     ));
+    if let Some(flags) = &ready.erl_flags {
+        text.push_str(&format!(
+            "Every local node must be started with erlbridge's epmd module; for all nodes started \
+             from a shell:\n  export ERL_AFLAGS=\"{flags}\"\n\
+             A local node already running without these flags cannot reach the pods in this mode: \
+             restart it with them, or use --mode nat (needs erlbridge-helperd).\n"
+        ));
+    }
     if let Some(path) = &ready.inetrc {
         text.push_str(&format!(
             "The nodes are named by DNS; ERL_INETRC={} makes a local node resolve those names.\n",

@@ -1,0 +1,310 @@
+//! How a local node reaches a bridged pod node: the one seam between erlbridge's two ways
+//! (DESIGN.md, "Two ways"). Both keep node names untouched and send the connection to
+//! erlbridge's local forward of the node's distribution port.
+//!
+//! - `nat`: erlbridge-helperd redirects this user's connections to `podIP:port` onto the
+//!   forwards (uid-scoped DNAT), so any local node works, even one already running. DNS-named
+//!   nodes resolve through an ERL_INETRC file.
+//! - `epmd`: no helper, no privilege: local nodes started with `-pa DIR -epmd_module
+//!   erlbridge_epmd` ask the module erlbridge ships where a node is, and it answers from a map
+//!   erlbridge keeps current (`nodes.eterm`). No route to the pod network is needed.
+//!
+//! [`crate::bridge`] asks the same questions of either and never branches on the mode itself.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::helper::{HelperError, Link};
+use crate::inetrc::{self, InetrcError};
+use crate::runtime::RuntimeDir;
+
+/// The epmd module, compiled (`scripts/build-epmd-module` rebuilds it from
+/// `client/erlang/erlbridge_epmd.erl`); it loads on OTP 25 and newer.
+pub const EPMD_MODULE_BEAM: &[u8] = include_bytes!("../erlang/erlbridge_epmd.beam");
+/// The epmd module's name.
+pub const EPMD_MODULE: &str = "erlbridge_epmd";
+/// The map file the module reads, beside its .beam.
+pub const EPMD_MAP: &str = "nodes.eterm";
+
+/// The way pod nodes are made reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Through erlbridge-helperd's uid-scoped DNAT.
+    Nat,
+    /// Through erlbridge's epmd module in local nodes started with it.
+    Epmd,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Nat => "nat",
+            Mode::Epmd => "epmd",
+        })
+    }
+}
+
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeChoice {
+    /// nat when erlbridge-helperd answers, else epmd.
+    Auto,
+    /// Through erlbridge-helperd (it must be installed and let you in).
+    Nat,
+    /// Through the epmd module, with no helper and no privilege.
+    Epmd,
+}
+
+/// Where one bridged node is reached locally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Its alive name (`app` of `app@10.244.1.8`).
+    pub alive: String,
+    /// The host part of its name.
+    pub host: String,
+    /// Its pod's IP.
+    pub ip: IpAddr,
+    /// The local forward of its distribution port.
+    pub local_port: u16,
+    /// Its distribution protocol version, from its epmd (epmd mode only; 0 otherwise).
+    pub version: u16,
+}
+
+/// Why a pod could not be made reachable.
+#[derive(Debug, thiserror::Error)]
+pub enum ReachError {
+    /// The helper could not be used.
+    #[error(transparent)]
+    Helper(#[from] HelperError),
+    /// The ERL_INETRC file could not be written.
+    #[error(transparent)]
+    Inetrc(#[from] InetrcError),
+    /// The epmd module or its map could not be written.
+    #[error("cannot write the epmd module's files in {dir}")]
+    Module {
+        /// The runtime directory.
+        dir: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+enum Way {
+    Nat {
+        helper: Box<Link>,
+        inetrc: Option<PathBuf>,
+    },
+    Epmd,
+}
+
+/// The chosen way, with the runtime directory its files live in.
+pub struct Reach {
+    dir: RuntimeDir,
+    way: Way,
+}
+
+impl Reach {
+    /// Through the helper session `helper`.
+    pub fn nat(dir: RuntimeDir, helper: Link) -> Reach {
+        Reach {
+            dir,
+            way: Way::Nat {
+                helper: Box::new(helper),
+                inetrc: None,
+            },
+        }
+    }
+
+    /// Through the epmd module, written into `dir` now with an empty map.
+    pub fn epmd(dir: RuntimeDir) -> Result<Reach, ReachError> {
+        let module = |source| ReachError::Module {
+            dir: dir.path().to_owned(),
+            source,
+        };
+        dir.write(&format!("{EPMD_MODULE}.beam"), EPMD_MODULE_BEAM)
+            .map_err(module)?;
+        dir.write(EPMD_MAP, b"").map_err(module)?;
+        Ok(Reach {
+            dir,
+            way: Way::Epmd,
+        })
+    }
+
+    /// Which way this is.
+    pub fn mode(&self) -> Mode {
+        match self.way {
+            Way::Nat { .. } => Mode::Nat,
+            Way::Epmd => Mode::Epmd,
+        }
+    }
+
+    /// The flags a local node needs to reach the pod nodes: the epmd module's (and hidden),
+    /// or none in nat mode, where every node does.
+    pub fn erl_flags(&self) -> Option<String> {
+        match self.way {
+            Way::Nat { .. } => None,
+            Way::Epmd => Some(format!(
+                "-pa {} -epmd_module {EPMD_MODULE} -hidden",
+                self.dir.path().display()
+            )),
+        }
+    }
+
+    /// The ERL_INETRC file for DNS-named nodes, once written (nat mode).
+    pub fn inetrc(&self) -> Option<PathBuf> {
+        match &self.way {
+            Way::Nat { inetrc, .. } => inetrc.clone(),
+            Way::Epmd => None,
+        }
+    }
+
+    /// Whether a pod's epmd port needs a forward too (a redirected `podIP:4369`).
+    pub fn forwards_epmd(&self) -> bool {
+        matches!(self.way, Way::Nat { .. })
+    }
+
+    /// Whether routes need the nodes' distribution versions.
+    pub fn needs_versions(&self) -> bool {
+        matches!(self.way, Way::Epmd)
+    }
+
+    /// The helper session's generation; redirects of an older one must be made again.
+    pub fn generation(&self) -> u64 {
+        match &self.way {
+            Way::Nat { helper, .. } => helper.generation(),
+            Way::Epmd => 0,
+        }
+    }
+
+    /// Whether a helper session is live (and can end).
+    pub fn is_live(&self) -> bool {
+        match &self.way {
+            Way::Nat { helper, .. } => helper.is_live(),
+            Way::Epmd => false,
+        }
+    }
+
+    /// Completes when the helper session ends; never in epmd mode.
+    pub async fn ended(&mut self) {
+        match &mut self.way {
+            Way::Nat { helper, .. } => helper.ended().await,
+            Way::Epmd => std::future::pending().await,
+        }
+    }
+
+    /// Opens a new helper session after the last one ended.
+    pub async fn reopen(&mut self) -> Result<(), HelperError> {
+        match &mut self.way {
+            Way::Nat { helper, .. } => helper.reopen().await,
+            Way::Epmd => Ok(()),
+        }
+    }
+
+    /// Makes `pod` (a pod address) reach the forward on `local_port`.
+    pub async fn map(&mut self, pod: SocketAddr, local_port: u16) -> Result<(), ReachError> {
+        match &mut self.way {
+            Way::Nat { helper, .. } => Ok(helper.map(pod, local_port).await?),
+            Way::Epmd => Ok(()),
+        }
+    }
+
+    /// Undoes [`Reach::map`].
+    pub async fn unmap(&mut self, pod: SocketAddr) -> Result<(), ReachError> {
+        match &mut self.way {
+            Way::Nat { helper, .. } => Ok(helper.unmap(pod).await?),
+            Way::Epmd => Ok(()),
+        }
+    }
+
+    /// Tells local nodes where every bridged node is now: the ERL_INETRC file for DNS-named
+    /// nodes (nat), or the epmd module's map (epmd). Each file is replaced at once.
+    pub fn publish(&mut self, routes: &[Route]) -> Result<(), ReachError> {
+        match &mut self.way {
+            Way::Nat { inetrc, .. } => {
+                let mut hosts: Vec<(IpAddr, String)> = routes
+                    .iter()
+                    .filter(|r| r.host.parse::<IpAddr>().is_err())
+                    .map(|r| (r.ip, r.host.clone()))
+                    .collect();
+                hosts.dedup();
+                if hosts.is_empty() && inetrc.is_none() {
+                    return Ok(());
+                }
+                *inetrc = Some(inetrc::write(&self.dir, &hosts)?);
+                Ok(())
+            }
+            Way::Epmd => {
+                self.dir
+                    .write(EPMD_MAP, map_text(routes).as_bytes())
+                    .map_err(|source| ReachError::Module {
+                        dir: self.dir.path().to_owned(),
+                        source,
+                    })?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The epmd module's map: `{Alive, Host, LocalPort, Version}.` per node.
+pub fn map_text(routes: &[Route]) -> String {
+    routes
+        .iter()
+        .map(|r| {
+            format!(
+                "{{{}, {}, {}, {}}}.\n",
+                erlang_string(&r.alive),
+                erlang_string(&r.host),
+                r.local_port,
+                r.version
+            )
+        })
+        .collect()
+}
+
+fn erlang_string(text: &str) -> String {
+    let mut quoted = String::from("\"");
+    for c in text.chars() {
+        if matches!(c, '"' | '\\') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_map_is_erlang_terms() {
+        let routes = [
+            Route {
+                alive: "app".into(),
+                host: "10.244.1.8".into(),
+                ip: "10.244.1.8".parse().unwrap(),
+                local_port: 40123,
+                version: 6,
+            },
+            Route {
+                alive: "we\"ird".into(),
+                host: "app-0.app.default.svc.cluster.local".into(),
+                ip: "10.244.1.9".parse().unwrap(),
+                local_port: 40124,
+                version: 6,
+            },
+        ];
+        assert_eq!(
+            map_text(&routes),
+            "{\"app\", \"10.244.1.8\", 40123, 6}.\n\
+             {\"we\\\"ird\", \"app-0.app.default.svc.cluster.local\", 40124, 6}.\n"
+        );
+    }
+}
