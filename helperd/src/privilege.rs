@@ -55,3 +55,16 @@ pub fn keep_only_net_admin() -> Result<(), PrivilegeError> {
     info!("capabilities narrowed to CAP_NET_ADMIN");
     Ok(())
 }
+
+/// Drops every capability, for a helper that will change nothing in the kernel.
+pub fn keep_none() -> Result<(), PrivilegeError> {
+    for cap in change("bounding", caps::read(None, CapSet::Bounding))? {
+        change("bounding", caps::drop(None, CapSet::Bounding, cap))?;
+    }
+    change("ambient", caps::clear(None, CapSet::Ambient))?;
+    change("inheritable", caps::clear(None, CapSet::Inheritable))?;
+    change("effective", caps::clear(None, CapSet::Effective))?;
+    change("permitted", caps::clear(None, CapSet::Permitted))?;
+    info!("every capability dropped");
+    Ok(())
+}
