@@ -3,8 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use std::os::unix::fs::PermissionsExt;
+
 use erlbridge_testbed::workstation::{HOST_V4, HOST_V6};
-use erlbridge_testbed::{Bins, Helperd, Spawned, User, Workstation, require_root};
+use erlbridge_testbed::{Bins, Helperd, Spawned, User, Workstation, require_root, rss_kib};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -359,9 +361,12 @@ fn a_flood_of_bad_requests_changes_nothing() {
     assert_eq!(codes["AlreadyExists"], Value::Null, "{codes}");
     let invalid = codes["InvalidArgument"].as_u64().unwrap_or(0);
     let denied = codes["PermissionDenied"].as_u64().unwrap_or(0);
+    // The two 3 MiB addresses and the 100,000-character label are past the request size
+    // limit: refused before they are decoded.
+    assert_eq!(codes["OutOfRange"], 3, "{codes}");
     assert_eq!(
         (invalid, denied, codes["NotFound"].as_u64()),
-        (17, 2, Some(1)),
+        (14, 2, Some(1)),
         "{codes}"
     );
 
@@ -436,5 +441,362 @@ fn aliases_go_on_lo_while_held_and_go_away_after() {
     assert!(
         on_lo(&bed).contains("127.0.0.1"),
         "the loopback address itself stays"
+    );
+}
+
+/// A Unix socket's listing in `/proc/PID/fd` and what each entry points to.
+fn descriptors(pid: i32) -> Vec<(String, String)> {
+    let mut fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| {
+                    let target = std::fs::read_link(e.path())
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default();
+                    (e.file_name().to_string_lossy().into_owned(), target)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    fds
+}
+
+#[test]
+fn nothing_inherited_reaches_the_helper_or_what_it_runs() {
+    require_root();
+    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe"]).expect("binaries");
+    let ws = Workstation::new().expect("workstation");
+    let scratch = ws.scratch().display().to_string();
+    // An `nft` that notes its environment and descriptors, then runs the real one.
+    let nft = ws.scratch().join("nft");
+    std::fs::write(
+        &nft,
+        format!(
+            "#!/bin/sh\n/usr/bin/env > {scratch}/nft.env\n\
+             fds=$(/bin/ls -l /proc/$$/fd)\necho \"$fds\" > {scratch}/nft.fds\n\
+             exec /usr/sbin/nft \"$@\"\n"
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let secret = ws.scratch().join("secret");
+    std::fs::write(&secret, "left open by a careless parent").expect("secret");
+    let helperd = Helperd::start_from_shell(
+        &ws,
+        &bins,
+        &format!("nft = {:?}", nft.display().to_string()),
+        &format!(
+            "exec 7<{}; exec 9<{}; export CARELESS=1",
+            secret.display(),
+            secret.display()
+        ),
+    )
+    .expect("helperd");
+
+    let pid = helperd.pid().expect("running");
+    let fds = descriptors(pid);
+    assert!(
+        fds.iter().all(|(_, target)| !target.contains("secret")),
+        "the helper kept what its parent left open: {fds:?}"
+    );
+    let env = std::fs::read_to_string(ws.scratch().join("nft.env")).expect("nft ran");
+    let env: Vec<&str> = env
+        .lines()
+        .filter(|l| !l.starts_with("PWD=") && !l.starts_with("OLDPWD="))
+        .collect();
+    assert!(env.is_empty(), "nft got an environment: {env:?}");
+    let nft_fds = std::fs::read_to_string(ws.scratch().join("nft.fds")).expect("nft ran");
+    for line in nft_fds.lines().filter(|l| l.contains(" -> ")) {
+        let target = line.rsplit(" -> ").next().unwrap_or_default();
+        assert!(
+            target.starts_with("pipe:") || target.ends_with("/nft") || target == "/dev/null",
+            "nft inherited {target}:\n{nft_fds}"
+        );
+    }
+}
+
+#[test]
+fn a_socket_activated_helper_keeps_only_its_socket() {
+    require_root();
+    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe"]).expect("binaries");
+    let ws = Workstation::new().expect("workstation");
+    let helperd = Helperd::start_activated(&ws, &bins, "").expect("helperd");
+    let pid = helperd.pid().expect("running");
+    // systemd-socket-activate execs the helper once the socket is used.
+    let fds = descriptors(pid);
+    let sockets = fds.iter().filter(|(_, t)| t.starts_with("socket:")).count();
+    assert!(sockets >= 1, "{fds:?}");
+    let flags = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).expect("fd 3");
+    let flags = flags
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(str::trim)
+        .and_then(|f| u32::from_str_radix(f, 8).ok())
+        .expect("flags");
+    assert_ne!(
+        flags & 0o2000000,
+        0,
+        "the socket systemd passed is close-on-exec"
+    );
+}
+
+#[test]
+fn a_connection_flood_leaves_legitimate_calls_working_and_nothing_behind() {
+    // allowed_uids opens the socket to every uid, so a refused uid reaches the helper itself.
+    let bed = bed("allowed_uids = [61099]");
+    let pid = bed.helperd.pid().expect("running");
+    let churner = User::member(61001);
+    let flooder = User::member(61002);
+    let refused = User::outsider(61003);
+    let latecomer = User::member(61004);
+    let (code, out) = bed.run_probe(&latecomer, &["whoami"]);
+    assert_eq!(code, 0, "{out}");
+    let (fds_before, rss_before) = (bed.helperd.open_descriptors(), rss_kib(pid));
+
+    let stop = bed.ws.scratch().join("stop-churn");
+    let spawn = |user: &User, args: &[&str]| {
+        let argv = bed.probe(args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        bed.ws.spawn_as(user, &argv).expect("probe")
+    };
+    let mut churn = spawn(&churner, &["churn", "--until", &stop.display().to_string()]);
+    let mut refused_storm = spawn(
+        &refused,
+        &[
+            "storm",
+            "--connections",
+            "20000",
+            "--parallel",
+            "200",
+            "--call",
+            "list",
+        ],
+    );
+    let mut allowed_storm = spawn(
+        &flooder,
+        &[
+            "storm",
+            "--connections",
+            "2000",
+            "--parallel",
+            "100",
+            "--hold-ms",
+            "200",
+            "--call",
+            "whoami",
+        ],
+    );
+
+    // While the storms blow: sample the helper, and check another uid gets in.
+    let (mut fds_most, mut rss_most) = (0, 0);
+    let mut latecomer_served = false;
+    let storms_done = |storm: &mut Spawned| {
+        storm
+            .wait_line(Duration::ZERO, |l| l.contains("outcomes"))
+            .ok()
+    };
+    let (mut refused_outcome, mut allowed_outcome) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while refused_outcome.is_none() || allowed_outcome.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the storms did not end in 10 minutes"
+        );
+        fds_most = fds_most.max(bed.helperd.open_descriptors());
+        rss_most = rss_most.max(rss_kib(pid));
+        if !latecomer_served && allowed_outcome.is_none() {
+            let (code, out) = bed.run_probe(&latecomer, &["whoami"]);
+            assert!(
+                code != 0 || out.contains("\"allowed\":true"),
+                "another uid's connection during the flood: {out}"
+            );
+            latecomer_served = code == 0;
+        }
+        refused_outcome = refused_outcome.or_else(|| storms_done(&mut refused_storm));
+        allowed_outcome = allowed_outcome.or_else(|| storms_done(&mut allowed_storm));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&stop, "").expect("stop the churn");
+    let churned = outcome(
+        &churn
+            .wait_line(Duration::from_secs(30), |l| l.contains("cycles"))
+            .expect("the churn ends"),
+    );
+
+    println!(
+        "refused uid: {}",
+        refused_outcome.as_deref().unwrap_or_default()
+    );
+    println!(
+        "allowed uid: {}",
+        allowed_outcome.as_deref().unwrap_or_default()
+    );
+    println!(
+        "helper: {fds_before} descriptors and {rss_before} KiB before, at most {fds_most} and \
+         {rss_most} KiB during; churn: {churned}"
+    );
+    assert!(latecomer_served, "another uid was served during the flood");
+    assert!(churned["cycles"].as_u64().unwrap_or(0) > 0, "{churned}");
+    assert_eq!(churned["failures"], serde_json::json!([]), "{churned}");
+
+    let refused_outcome = outcome(refused_outcome.as_deref().unwrap_or_default());
+    let answered = refused_outcome["outcomes"]["PermissionDenied"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(answered > 0, "{refused_outcome}");
+    assert!(
+        refused_outcome["messages"]["PermissionDenied"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not in group"),
+        "{refused_outcome}"
+    );
+    assert_eq!(
+        refused_outcome["outcomes"]["Ok"],
+        Value::Null,
+        "{refused_outcome}"
+    );
+
+    let allowed_outcome = outcome(allowed_outcome.as_deref().unwrap_or_default());
+    assert!(
+        allowed_outcome["outcomes"]["Ok"].as_u64().unwrap_or(0) > 0,
+        "{allowed_outcome}"
+    );
+    assert!(
+        allowed_outcome["messages"]["ResourceExhausted"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_connections_per_uid in helperd.toml"),
+        "{allowed_outcome}"
+    );
+
+    // Bounds, with generous margins: the caps (20 per uid, 32 refusals at once) hold the
+    // descriptors; memory grows by well under a few kilobytes per attempt.
+    assert!(
+        fds_most <= fds_before + 100,
+        "{fds_most} descriptors during the flood, {fds_before} before"
+    );
+    assert!(
+        rss_most <= rss_before + 64 * 1024,
+        "{rss_most} KiB during the flood, {rss_before} KiB before"
+    );
+    drop(churn);
+    bed.wait_for(
+        "the descriptors' return to their baseline",
+        Duration::from_secs(30),
+        |b| b.helperd.open_descriptors() <= fds_before,
+    );
+    bed.wait_for("memory to come back", Duration::from_secs(30), |_| {
+        rss_kib(pid) <= rss_before + 8 * 1024
+    });
+    println!("helper after the flood: {} KiB", rss_kib(pid));
+    bed.wait_for("an empty table", Duration::from_secs(5), |b| {
+        b.elements().is_empty()
+    });
+}
+
+#[test]
+fn aliases_are_gone_after_a_helper_restart() {
+    let mut bed = bed("aliases = true");
+    let alice = User::member(61001);
+    let holder = bed.hold(&alice, &["--alias", POD]);
+    assert!(
+        holder.seen().iter().any(|l| l.contains("\"ok\":true")),
+        "{:?}",
+        holder.seen()
+    );
+    let on_lo = |bed: &Bed| {
+        bed.ws
+            .ns
+            .run(&["ip", "-o", "-4", "addr", "show", "dev", "lo"])
+            .unwrap_or_default()
+    };
+    assert!(
+        on_lo(&bed).contains(&format!("{POD}/32")),
+        "{}",
+        on_lo(&bed)
+    );
+    assert_eq!(bed.helperd.stop(Signal::SIGKILL).expect("killed"), -9);
+    assert!(on_lo(&bed).contains(POD), "a killed helper cannot clean up");
+    bed.helperd.restart(&bed.ws).expect("restart");
+    assert!(
+        !on_lo(&bed).contains(POD),
+        "the restarted helper removed the alias: {}",
+        on_lo(&bed)
+    );
+    assert!(on_lo(&bed).contains("127.0.0.1"));
+
+    // And SIGTERM removes the aliases it holds.
+    let _holder = bed.hold(&alice, &["--alias", POD]);
+    assert!(on_lo(&bed).contains(POD));
+    assert_eq!(bed.helperd.stop(Signal::SIGTERM).expect("stopped"), 0);
+    assert!(!on_lo(&bed).contains(POD), "{}", on_lo(&bed));
+}
+
+#[test]
+fn without_a_route_an_alias_and_a_mapping_redirect_only_their_owner() {
+    let bed = bed("aliases = true");
+    bed.ws.set_default_route(false).expect("no default route");
+    let alice = User::member(61001);
+    let bob = User::member(61002);
+    let _listener = bed.listen("127.0.0.1:40000");
+    let pod = format!("{POD}:4369");
+    let (_, out) = bed.run_probe(&alice, &["connect", &pod]);
+    assert!(
+        out.contains("unreachable"),
+        "the control: without a route, connecting fails at once: {out}"
+    );
+
+    let holder = bed.hold(&alice, &["--alias", POD, "--map", &format!("{pod}=40000")]);
+    assert_eq!(
+        holder
+            .seen()
+            .iter()
+            .filter(|l| l.contains("\"ok\":true"))
+            .count(),
+        2,
+        "{:?}",
+        holder.seen()
+    );
+    assert!(bed.connects(&alice, &pod), "alice is redirected");
+    let (code, out) = bed.run_probe(&bob, &["connect", &pod]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("refused"),
+        "bob's connection is refused by the alias, not redirected: {out}"
+    );
+}
+
+#[test]
+fn the_total_cap_refuses_new_connections_whoever_asks() {
+    let bed = bed("max_connections = 20");
+    let hog = User::member(61001);
+    let other = User::member(61002);
+    // The hog holds every place, without a call (the idle timeout is 10 s).
+    let argv = bed.probe(&[
+        "storm",
+        "--connections",
+        "20",
+        "--parallel",
+        "20",
+        "--hold-ms",
+        "4000",
+    ]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let _hog = bed.ws.spawn_as(&hog, &argv).expect("storm");
+    bed.wait_for("the hog's connections", Duration::from_secs(5), |b| {
+        b.helperd.open_descriptors() >= 20
+    });
+    let (code, out) = bed.run_probe(&other, &["whoami"]);
+    assert_eq!(code, 1, "{out}");
+    let refusal = outcome(out.trim());
+    assert_eq!(refusal["code"], "ResourceExhausted", "{refusal}");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("(max_connections in helperd.toml)"),
+        "{refusal}"
     );
 }
