@@ -172,8 +172,11 @@ fn could_not_start(listener: Option<UnixListener>, e: anyhow::Error) -> anyhow::
     let Some(listener) = listener else {
         return Err(e);
     };
-    // Nothing to change in the kernel: keep no capability at all.
-    privilege::keep_none()?;
+    // Nothing to change in the kernel: keep no capability at all. Failing that, answering is
+    // still better than leaving callers with a socket nobody serves.
+    if let Err(dropping) = privilege::keep_none() {
+        warn!(error = %error::chain(&dropping), "cannot drop the capabilities");
+    }
     runtime()?.block_on(refuse_every_call(listener, &e))
 }
 
