@@ -124,6 +124,7 @@ impl Helperd {
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            // An answer is what counts, even a gRPC status (a helper that could not start).
             let answered = ws
                 .ns
                 .command(&[
@@ -133,7 +134,9 @@ impl Helperd {
                     "whoami",
                 ])
                 .output()
-                .is_ok_and(|o| o.status.success());
+                .is_ok_and(|o| {
+                    o.status.success() || String::from_utf8_lossy(&o.stdout).contains("\"code\"")
+                });
             if answered {
                 return Ok(());
             }

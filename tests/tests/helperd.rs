@@ -800,3 +800,59 @@ fn the_total_cap_refuses_new_connections_whoever_asks() {
         "{refusal}"
     );
 }
+
+#[test]
+fn a_helper_started_by_hand_with_a_bad_config_says_why_and_exits() {
+    require_root();
+    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe"]).expect("binaries");
+    let ws = Workstation::new().expect("workstation");
+    let err = Helperd::start(&ws, &bins, "max_connections_per_uid = 0").expect_err("a bad key");
+    let err = format!("{err:#}");
+    assert!(err.contains("exited with 1"), "{err}");
+    assert!(
+        err.contains("its config") && err.contains("`max_connections_per_uid`: must be at least 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_socket_activated_helper_with_a_bad_config_keeps_the_socket_and_says_why() {
+    require_root();
+    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe"]).expect("binaries");
+    let ws = Workstation::new().expect("workstation");
+    let helperd =
+        Helperd::start_activated(&ws, &bins, "idle_timeout_seconds = 0").expect("it answers");
+    let socket = helperd.socket.display().to_string();
+    let probe = bins.path("helper-probe");
+    for user in [User::member(61001), User::outsider(61002)] {
+        let (code, out, _) = ws
+            .run_as(&user, &[&probe, "--socket", &socket, "whoami"])
+            .expect("probe");
+        assert_eq!(code, 1, "{out}");
+        let status = outcome(out.trim());
+        if user.groups.is_empty() {
+            // The socket's mode keeps outsiders out before the helper is asked.
+            assert!(out.contains("Permission denied"), "{out}");
+            continue;
+        }
+        assert_eq!(status["code"], "FailedPrecondition", "{status}");
+        assert!(
+            status["message"].as_str().unwrap_or_default().contains(
+                "is invalid: `idle_timeout_seconds`: must be at least 1; fix it, then run: \
+                 sudo systemctl restart erlbridge-helperd"
+            ),
+            "{status}"
+        );
+    }
+    // It holds no capability at all.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", helperd.pid().expect("pid")))
+        .expect("status");
+    for set in ["CapEff:", "CapPrm:"] {
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(set))
+            .map(str::trim)
+            .unwrap_or_default();
+        assert_eq!(value, "0000000000000000", "{set} in\n{status}");
+    }
+}

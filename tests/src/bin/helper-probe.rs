@@ -194,11 +194,13 @@ async fn helper(socket: PathBuf, command: Cmd) -> anyhow::Result<ExitCode> {
                 }
             };
             let caller = r.caller.unwrap_or_default();
+            let policy = r.policy.unwrap_or_default();
             println!(
                 "{}",
                 json!({"uid": caller.uid, "gid": caller.gid, "groups": caller.groups,
                        "pid": caller.pid, "allowed": r.allowed, "refusal": r.refusal,
-                       "version": r.helper_version, "api_version": r.api_version})
+                       "version": r.helper_version, "api_version": r.api_version,
+                       "max_rules_per_uid": policy.max_rules_per_uid})
             );
         }
         Cmd::Sessions => {
