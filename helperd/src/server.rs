@@ -11,7 +11,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,9 @@ pub enum Verdict {
 /// Connections being answered once and closed, at most. Past that, a refused connection is
 /// closed without a word, so a flood of them costs next to nothing.
 pub const REFUSING_AT_ONCE: usize = 32;
+/// Of those, how many one uid may take, so one uid's flood of refused connections leaves the
+/// others room to hear why they are refused.
+const REFUSING_PER_UID: usize = 4;
 /// How long a refused connection may take to make the call its refusal answers.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 /// How often the loop gives memory back after connections closed.
@@ -140,7 +143,7 @@ where
     listener.set_nonblocking(true).map_err(listen_error)?;
     let listener = UnixListener::from_std(listener).map_err(listen_error)?;
     let open = Arc::new(Mutex::new(Open::default()));
-    let refusing = Arc::new(AtomicUsize::new(0));
+    let refusing = Arc::new(Mutex::new(Open::default()));
     let mut tasks = JoinSet::new();
     let mut tally = Tally::default();
     let mut closed_since_give_back = 0usize;
@@ -208,13 +211,15 @@ where
             spawn(&mut tasks, span, stream, peer, lane, service.clone(), slot);
             continue;
         }
-        let Some(slot) = Refusing::take(&refusing) else {
+        let room = lock(&refusing).counts(peer.caller.uid);
+        if room.of_uid >= REFUSING_PER_UID || room.total >= REFUSING_AT_ONCE {
             tally.note(
                 peer.caller.uid,
                 "closed at once: too many refusals in progress",
             );
             continue;
-        };
+        }
+        let slot = Counted::take(&refusing, peer.caller.uid);
         let lane = Lane::AnswerOnce {
             within: ANSWER_WITHIN,
         };
@@ -268,7 +273,7 @@ fn spawn<S>(
     );
 }
 
-/// Admitted connections open now, per uid and in total.
+/// Connections open now (admitted ones, or those being refused), per uid and in total.
 #[derive(Debug, Default)]
 struct Open {
     per_uid: HashMap<u32, usize>,
@@ -288,7 +293,7 @@ fn lock(open: &Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
     open.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// An admitted connection's place under the caps, given back when it closes.
+/// A connection's place in an [`Open`] count, given back when it closes.
 struct Counted {
     open: Arc<Mutex<Open>>,
     uid: u32,
@@ -317,26 +322,6 @@ impl Drop for Counted {
                 counts.per_uid.remove(&self.uid);
             }
         }
-    }
-}
-
-/// A refused connection's place among the refusals in progress.
-struct Refusing(Arc<AtomicUsize>);
-
-impl Refusing {
-    fn take(refusing: &Arc<AtomicUsize>) -> Option<Refusing> {
-        refusing
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < REFUSING_AT_ONCE).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Refusing(refusing.clone()))
-    }
-}
-
-impl Drop for Refusing {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -388,5 +373,29 @@ impl Tally {
         );
         self.since = Some(Instant::now());
         self.count = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_is_told_from_a_caller_that_gave_up() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(out_of_resources(&io::Error::from_raw_os_error(errno)));
+        }
+        for errno in [libc::ECONNABORTED, libc::EINTR, libc::EPROTO] {
+            assert!(!out_of_resources(&io::Error::from_raw_os_error(errno)));
+        }
+    }
+
+    #[test]
+    fn pauses_double_to_a_second_and_start_over_after_an_accept() {
+        let mut backoff = Backoff::default();
+        let pauses: Vec<u64> = (0..9).map(|_| backoff.next().as_millis() as u64).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Duration::from_millis(10));
     }
 }

@@ -856,3 +856,63 @@ fn a_socket_activated_helper_with_a_bad_config_keeps_the_socket_and_says_why() {
         assert_eq!(value, "0000000000000000", "{set} in\n{status}");
     }
 }
+
+/// The CPU time process `pid` has used, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses: state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn out_of_descriptors_the_helper_pauses_instead_of_spinning() {
+    let bed = bed("");
+    let pid = bed.helperd.pid().expect("running");
+    let alice = User::member(61001);
+    // Leave the helper one descriptor to spare (its soft limit; the hard one stays), then give
+    // it a crowd.
+    let limit = (bed.helperd.open_descriptors() + 1).to_string();
+    let prlimit = |soft: &str| {
+        erlbridge_testbed::netns::run(std::process::Command::new("prlimit").args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={soft}:"),
+        ]))
+        .expect("prlimit")
+    };
+    prlimit(&limit);
+    let argv = bed.probe(&[
+        "storm",
+        "--connections",
+        "50",
+        "--parallel",
+        "50",
+        "--hold-ms",
+        "4000",
+    ]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let _crowd = bed.ws.spawn_as(&alice, &argv).expect("storm");
+    bed.wait_for("the helper to run out", Duration::from_secs(5), |b| {
+        b.helperd.log().contains("out of descriptors")
+    });
+    let (ticks, start) = (cpu_ticks(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = (cpu_ticks(pid) - ticks) as f64 / 100.0;
+    let wall = start.elapsed().as_secs_f64();
+    assert!(
+        used < wall / 4.0,
+        "the helper used {used:.2} s of CPU in {wall:.2} s while out of descriptors"
+    );
+
+    // With descriptors back, the helper serves again (another uid: alice's crowd is at its cap).
+    prlimit("1024");
+    let (code, out) = bed.run_probe(&User::member(61002), &["whoami"]);
+    assert_eq!(code, 0, "{out}");
+}

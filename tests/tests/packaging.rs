@@ -185,25 +185,6 @@ fn a_socket_activated_helper_serves_a_bridge() {
     );
 }
 
-/// The package scripts/package built (scripts/test builds it before the tests).
-fn deb() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
-    std::fs::read_dir(&dir)
-        .ok()
-        .and_then(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no .deb in {}: build it with scripts/package (scripts/test does)",
-                dir.display()
-            )
-        })
-}
-
 fn dpkg_deb(args: &[&str]) -> String {
     let out = std::process::Command::new("dpkg-deb")
         .args(args)
@@ -219,7 +200,7 @@ fn dpkg_deb(args: &[&str]) -> String {
 
 #[test]
 fn the_debian_package_puts_everything_where_it_belongs() {
-    let deb = deb();
+    let deb = erlbridge_testbed::package::built().unwrap_or_else(|e| panic!("{e:#}"));
     let deb = deb.to_str().expect("path");
     let root = tempfile::tempdir().expect("tempdir");
     let root_s = root.path().to_str().expect("path");
