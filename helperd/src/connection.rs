@@ -34,6 +34,32 @@ const MAX_SEND_BUFFER: usize = 64 * 1024;
 /// How long a closing connection may take to finish the answers it is sending.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// A service that answers a connection's calls: the helper's, or a [`Refuse`]. Every one is
+/// cloned per call and runs in its own task.
+pub trait CallService:
+    Service<
+        Request<Incoming>,
+        Response = Response<tonic::body::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> CallService for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<tonic::body::Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// How long a connection is served.
 #[derive(Debug, Clone, Copy)]
 pub enum Lane {
@@ -69,14 +95,7 @@ impl<B> Service<Request<B>> for Refuse {
 }
 
 /// Serves `stream` from `peer` with `service` on `lane`, inside the current span.
-pub async fn serve<S>(stream: UnixStream, peer: Peer, lane: Lane, service: S)
-where
-    S: Service<Request<Incoming>, Response = Response<tonic::body::Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+pub async fn serve(stream: UnixStream, peer: Peer, lane: Lane, service: impl CallService) {
     let calls = Calls::default();
     let mut builder = http2::Builder::new(InSpan(Span::current()));
     builder
@@ -177,14 +196,7 @@ struct Tracked<S> {
     calls: Calls,
 }
 
-impl<S> hyper::service::Service<Request<Incoming>> for Tracked<S>
-where
-    S: Service<Request<Incoming>, Response = Response<tonic::body::Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: CallService> hyper::service::Service<Request<Incoming>> for Tracked<S> {
     type Response = Response<CallBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<CallBody>, Infallible>> + Send>>;

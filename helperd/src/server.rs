@@ -5,7 +5,6 @@
 //! makes the loop back off instead of spinning.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -15,15 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use tonic::Status;
-use tonic::codegen::Service;
-use tonic::codegen::http::{Request, Response};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::connection::{self, Lane, Refuse};
+use crate::connection::{self, CallService, Lane, Refuse};
 use crate::policy::{Caller, Connections, Peer};
 
 /// Why the socket could not be set up or served.
@@ -121,20 +117,13 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 /// each (from its caller and the connections already served); admitted ones are served by
 /// `service` and closed after `idle` without a call in progress. On shutdown, every connection
 /// is dropped.
-pub async fn serve<S>(
+pub async fn serve(
     listener: StdUnixListener,
     idle: Duration,
     decide: impl Fn(&Caller, Connections) -> Verdict,
-    service: S,
+    service: impl CallService,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError>
-where
-    S: Service<Request<Incoming>, Response = Response<tonic::body::Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+) -> Result<(), ServeError> {
     let listen_error = |source| ServeError::Bind {
         step: "listen on",
         path: PathBuf::from("the socket"),
@@ -247,21 +236,15 @@ pub async fn refuse_every_call(
 }
 
 /// Serves one connection as a task of the loop, holding `slot` until it closes.
-fn spawn<S>(
+fn spawn(
     tasks: &mut JoinSet<()>,
     span: tracing::Span,
     stream: UnixStream,
     peer: Peer,
     lane: Lane,
-    service: S,
+    service: impl CallService,
     slot: impl Send + 'static,
-) where
-    S: Service<Request<Incoming>, Response = Response<tonic::body::Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
     tasks.spawn(
         async move {
             debug!(?lane, "connection accepted");

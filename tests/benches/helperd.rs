@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use erlbridge_proto::v1 as pb;
-use erlbridge_testbed::helperd::open_session;
+use erlbridge_testbed::helperd::{ALLOWED_STORM, REFUSED_STORM, open_session};
 use erlbridge_testbed::{Bins, Helperd, Spawned, User, Workstation, require_root, rss_kib};
 
 const SAMPLES: usize = 200;
@@ -79,26 +79,9 @@ async fn main() -> anyhow::Result<()> {
         let (mut adds, mut removes) = (Vec::new(), Vec::new());
         let (mut raw_adds, mut raw_removes) = (Vec::new(), Vec::new());
         for _ in 0..SAMPLES {
-            let start = Instant::now();
-            client
-                .add_mapping(pb::AddMappingRequest {
-                    session_id: id,
-                    pod_ip: "10.99.0.1".into(),
-                    pod_port: 5555,
-                    local_port: 40001,
-                    local_ip: String::new(),
-                })
-                .await?;
-            adds.push(start.elapsed());
-            let start = Instant::now();
-            client
-                .remove_mapping(pb::RemoveMappingRequest {
-                    session_id: id,
-                    pod_ip: "10.99.0.1".into(),
-                    pod_port: 5555,
-                })
-                .await?;
-            removes.push(start.elapsed());
+            let (add, remove) = cycle(&mut client, id).await?;
+            adds.push(add);
+            removes.push(remove);
             // The floor: the same element changes by hand, one `nft -f -` run each.
             let start = Instant::now();
             raw_nft(
@@ -143,30 +126,37 @@ async fn main() -> anyhow::Result<()> {
 
 type Client = erlbridge_proto::v1::helper_client::HelperClient<tonic::transport::Channel>;
 
-/// `SAMPLES` add+remove cycles of one mapping: the add and remove latencies.
+/// One add and one remove of a mapping beside the live ones: how long each took.
+async fn cycle(client: &mut Client, id: u64) -> anyhow::Result<(Duration, Duration)> {
+    let start = Instant::now();
+    client
+        .add_mapping(pb::AddMappingRequest {
+            session_id: id,
+            pod_ip: "10.99.0.1".into(),
+            pod_port: 5555,
+            local_port: 40001,
+            local_ip: String::new(),
+        })
+        .await?;
+    let add = start.elapsed();
+    let start = Instant::now();
+    client
+        .remove_mapping(pb::RemoveMappingRequest {
+            session_id: id,
+            pod_ip: "10.99.0.1".into(),
+            pod_port: 5555,
+        })
+        .await?;
+    Ok((add, start.elapsed()))
+}
+
+/// `SAMPLES` add+remove cycles: the add and the remove latencies.
 async fn cycles(client: &mut Client, id: u64) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let (mut adds, mut removes) = (Vec::new(), Vec::new());
     for _ in 0..SAMPLES {
-        let start = Instant::now();
-        client
-            .add_mapping(pb::AddMappingRequest {
-                session_id: id,
-                pod_ip: "10.99.0.1".into(),
-                pod_port: 5555,
-                local_port: 40001,
-                local_ip: String::new(),
-            })
-            .await?;
-        adds.push(start.elapsed());
-        let start = Instant::now();
-        client
-            .remove_mapping(pb::RemoveMappingRequest {
-                session_id: id,
-                pod_ip: "10.99.0.1".into(),
-                pod_port: 5555,
-            })
-            .await?;
-        removes.push(start.elapsed());
+        let (add, remove) = cycle(client, id).await?;
+        adds.push(add);
+        removes.push(remove);
     }
     Ok((adds, removes))
 }
@@ -183,41 +173,14 @@ async fn flood(ws: &Workstation, bins: &Bins) -> anyhow::Result<()> {
 
     let socket = helperd.socket.display().to_string();
     let storm = |user: &User, args: &[&str]| -> anyhow::Result<Spawned> {
-        let mut argv = vec![
-            bins.path("helper-probe"),
-            "--socket".into(),
-            socket.clone(),
-            "storm".into(),
-        ];
+        let mut argv = vec![bins.path("helper-probe"), "--socket".into(), socket.clone()];
         argv.extend(args.iter().map(|a| (*a).to_owned()));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         ws.spawn_as(user, &argv)
     };
     let mut storms = vec![
-        storm(
-            &User::outsider(61003),
-            &[
-                "--connections",
-                "20000",
-                "--parallel",
-                "200",
-                "--call",
-                "list",
-            ],
-        )?,
-        storm(
-            &User::member(61002),
-            &[
-                "--connections",
-                "2000",
-                "--parallel",
-                "100",
-                "--hold-ms",
-                "200",
-                "--call",
-                "whoami",
-            ],
-        )?,
+        storm(&User::outsider(61003), REFUSED_STORM)?,
+        storm(&User::member(61002), ALLOWED_STORM)?,
     ];
     // Enough uids holding connections to reach the total cap (max_connections = 512).
     for uid in 61100..61130 {

@@ -183,14 +183,7 @@ impl Container {
             .args(argv)
             .output()
             .context("chroot")?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ))
+        Ok(outcome(&out))
     }
 
     /// Boots systemd in the container, with its own network namespace, and waits until it
@@ -265,14 +258,7 @@ impl Container {
             .command(argv)
             .output()
             .with_context(|| format!("cannot run {argv:?} in the container"))?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ))
+        Ok(outcome(&out))
     }
 
     /// Runs `argv` in the container and returns its output; fails when it fails.
@@ -307,6 +293,18 @@ impl Container {
             );
         }
     }
+}
+
+/// A finished command's exit code (-1 when a signal ended it) and what it printed.
+fn outcome(out: &std::process::Output) -> (i32, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// The children of process `pid`.

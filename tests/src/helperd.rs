@@ -11,6 +11,46 @@ use crate::process::Spawned;
 use crate::user::ACCESS_GID;
 use crate::workstation::Workstation;
 
+/// helper-probe's arguments for the refused side of a connection flood: 20,000 connection
+/// attempts, 200 at a time, each making one call the policy refuses.
+pub const REFUSED_STORM: &[&str] = &[
+    "storm",
+    "--connections",
+    "20000",
+    "--parallel",
+    "200",
+    "--call",
+    "list",
+];
+
+/// helper-probe's arguments for the allowed side of a connection flood: 2,000 connection
+/// attempts, 100 at a time, each making one call and held 200 ms, so the cap per uid is hit.
+pub const ALLOWED_STORM: &[&str] = &[
+    "storm",
+    "--connections",
+    "2000",
+    "--parallel",
+    "100",
+    "--hold-ms",
+    "200",
+    "--call",
+    "whoami",
+];
+
+/// The capability sets of a process that keeps only CAP_NET_ADMIN, as /proc/PID/status shows
+/// them.
+pub const NET_ADMIN_ONLY: &str = "0000000000001000";
+
+/// A field of a /proc/PID/status text (`CapEff:`, `NoNewPrivs:`), trimmed; empty when absent.
+pub fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A running helper. Killed when dropped (its namespace's removal finishes any leftovers).
 #[derive(Debug)]
 pub struct Helperd {

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use std::os::unix::fs::PermissionsExt;
 
+use erlbridge_testbed::helperd::{ALLOWED_STORM, NET_ADMIN_ONLY, REFUSED_STORM, status_field};
 use erlbridge_testbed::workstation::{HOST_V4, HOST_V6};
 use erlbridge_testbed::{Bins, Helperd, Spawned, User, Workstation, require_root, rss_kib};
 use nix::sys::signal::Signal;
@@ -20,10 +21,15 @@ struct Bed {
     bins: Bins,
 }
 
-fn bed(extra_config: &str) -> Bed {
+/// The binaries and a workstation, for a test that starts the helper its own way.
+fn staged() -> (Bins, Workstation) {
     require_root();
     let bins = Bins::stage(&["erlbridge-helperd", "helper-probe"]).expect("binaries");
-    let ws = Workstation::new().expect("workstation");
+    (bins, Workstation::new().expect("workstation"))
+}
+
+fn bed(extra_config: &str) -> Bed {
+    let (bins, ws) = staged();
     let helperd = Helperd::start(&ws, &bins, extra_config).expect("helperd");
     Bed { helperd, ws, bins }
 }
@@ -87,6 +93,14 @@ impl Bed {
             );
         }
         elements
+    }
+
+    /// The IPv4 addresses on the workstation's loopback interface, as `ip -o` lists them.
+    fn on_lo(&self) -> String {
+        self.ws
+            .ns
+            .run(&["ip", "-o", "-4", "addr", "show", "dev", "lo"])
+            .unwrap_or_default()
     }
 
     fn wait_for(&self, what: &str, within: Duration, done: impl Fn(&Bed) -> bool) {
@@ -287,9 +301,7 @@ fn a_killed_helper_leaves_nothing_once_restarted_and_sigterm_removes_the_table()
 
 #[test]
 fn foreign_tables_are_untouched() {
-    require_root();
-    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe"]).expect("binaries");
-    let ws = Workstation::new().expect("workstation");
+    let (bins, ws) = staged();
     ws.ns
         .nft(
             "table ip docker_nat {\n\
@@ -394,18 +406,13 @@ fn the_running_helper_keeps_only_cap_net_admin() {
     let pid = bed.helperd.pid().expect("running");
     // `ip netns exec` execs, so the spawned pid is the helper itself.
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let net_admin = "0000000000001000";
     assert!(status.contains("Name:\terlbridge-helpe"), "{status}");
     for set in ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:"] {
-        assert_eq!(field(set), net_admin, "{set} in\n{status}");
+        assert_eq!(
+            status_field(&status, set),
+            NET_ADMIN_ONLY,
+            "{set} in\n{status}"
+        );
     }
     // And with only that, nft still works for it.
     let alice = User::member(61001);
@@ -420,26 +427,20 @@ fn aliases_go_on_lo_while_held_and_go_away_after() {
     let bob = User::member(61002);
     let a = bed.hold(&alice, &["--alias", POD]);
     let b = bed.hold(&bob, &["--alias", POD]);
-    let on_lo = |bed: &Bed| {
-        bed.ws
-            .ns
-            .run(&["ip", "-o", "-4", "addr", "show", "dev", "lo"])
-            .unwrap_or_default()
-    };
     assert!(
-        on_lo(&bed).contains(&format!("{POD}/32")),
+        bed.on_lo().contains(&format!("{POD}/32")),
         "{}",
-        on_lo(&bed)
+        bed.on_lo()
     );
     a.signal(Signal::SIGKILL);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(on_lo(&bed).contains(POD), "bob still holds it");
+    assert!(bed.on_lo().contains(POD), "bob still holds it");
     b.signal(Signal::SIGKILL);
     bed.wait_for("alias removal", Duration::from_secs(1), |bed| {
-        !on_lo(bed).contains(POD)
+        !bed.on_lo().contains(POD)
     });
     assert!(
-        on_lo(&bed).contains("127.0.0.1"),
+        bed.on_lo().contains("127.0.0.1"),
         "the loopback address itself stays"
     );
 }
@@ -464,9 +465,7 @@ fn descriptors(pid: i32) -> Vec<(String, String)> {
 
 #[test]
 fn nothing_inherited_reaches_the_helper_or_what_it_runs() {
-    require_root();
-    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe"]).expect("binaries");
-    let ws = Workstation::new().expect("workstation");
+    let (bins, ws) = staged();
     let scratch = ws.scratch().display().to_string();
     // An `nft` that notes its environment and descriptors, then runs the real one.
     let nft = ws.scratch().join("nft");
@@ -518,9 +517,7 @@ fn nothing_inherited_reaches_the_helper_or_what_it_runs() {
 
 #[test]
 fn a_socket_activated_helper_keeps_only_its_socket() {
-    require_root();
-    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe"]).expect("binaries");
-    let ws = Workstation::new().expect("workstation");
+    let (bins, ws) = staged();
     let helperd = Helperd::start_activated(&ws, &bins, "").expect("helperd");
     let pid = helperd.pid().expect("running");
     // systemd-socket-activate execs the helper once the socket is used.
@@ -561,32 +558,8 @@ fn a_connection_flood_leaves_legitimate_calls_working_and_nothing_behind() {
         bed.ws.spawn_as(user, &argv).expect("probe")
     };
     let mut churn = spawn(&churner, &["churn", "--until", &stop.display().to_string()]);
-    let mut refused_storm = spawn(
-        &refused,
-        &[
-            "storm",
-            "--connections",
-            "20000",
-            "--parallel",
-            "200",
-            "--call",
-            "list",
-        ],
-    );
-    let mut allowed_storm = spawn(
-        &flooder,
-        &[
-            "storm",
-            "--connections",
-            "2000",
-            "--parallel",
-            "100",
-            "--hold-ms",
-            "200",
-            "--call",
-            "whoami",
-        ],
-    );
+    let mut refused_storm = spawn(&refused, REFUSED_STORM);
+    let mut allowed_storm = spawn(&flooder, ALLOWED_STORM);
 
     // While the storms blow: sample the helper, and check another uid gets in.
     let (mut fds_most, mut rss_most) = (0, 0);
@@ -706,32 +679,26 @@ fn aliases_are_gone_after_a_helper_restart() {
         "{:?}",
         holder.seen()
     );
-    let on_lo = |bed: &Bed| {
-        bed.ws
-            .ns
-            .run(&["ip", "-o", "-4", "addr", "show", "dev", "lo"])
-            .unwrap_or_default()
-    };
     assert!(
-        on_lo(&bed).contains(&format!("{POD}/32")),
+        bed.on_lo().contains(&format!("{POD}/32")),
         "{}",
-        on_lo(&bed)
+        bed.on_lo()
     );
     assert_eq!(bed.helperd.stop(Signal::SIGKILL).expect("killed"), -9);
-    assert!(on_lo(&bed).contains(POD), "a killed helper cannot clean up");
+    assert!(bed.on_lo().contains(POD), "a killed helper cannot clean up");
     bed.helperd.restart(&bed.ws).expect("restart");
     assert!(
-        !on_lo(&bed).contains(POD),
+        !bed.on_lo().contains(POD),
         "the restarted helper removed the alias: {}",
-        on_lo(&bed)
+        bed.on_lo()
     );
-    assert!(on_lo(&bed).contains("127.0.0.1"));
+    assert!(bed.on_lo().contains("127.0.0.1"));
 
     // And SIGTERM removes the aliases it holds.
     let _holder = bed.hold(&alice, &["--alias", POD]);
-    assert!(on_lo(&bed).contains(POD));
+    assert!(bed.on_lo().contains(POD));
     assert_eq!(bed.helperd.stop(Signal::SIGTERM).expect("stopped"), 0);
-    assert!(!on_lo(&bed).contains(POD), "{}", on_lo(&bed));
+    assert!(!bed.on_lo().contains(POD), "{}", bed.on_lo());
 }
 
 #[test]
@@ -803,9 +770,7 @@ fn the_total_cap_refuses_new_connections_whoever_asks() {
 
 #[test]
 fn a_helper_started_by_hand_with_a_bad_config_says_why_and_exits() {
-    require_root();
-    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe"]).expect("binaries");
-    let ws = Workstation::new().expect("workstation");
+    let (bins, ws) = staged();
     let err = Helperd::start(&ws, &bins, "max_connections_per_uid = 0").expect_err("a bad key");
     let err = format!("{err:#}");
     assert!(err.contains("exited with 1"), "{err}");
@@ -817,9 +782,7 @@ fn a_helper_started_by_hand_with_a_bad_config_says_why_and_exits() {
 
 #[test]
 fn a_socket_activated_helper_with_a_bad_config_keeps_the_socket_and_says_why() {
-    require_root();
-    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe"]).expect("binaries");
-    let ws = Workstation::new().expect("workstation");
+    let (bins, ws) = staged();
     let helperd =
         Helperd::start_activated(&ws, &bins, "idle_timeout_seconds = 0").expect("it answers");
     let socket = helperd.socket.display().to_string();
@@ -848,12 +811,11 @@ fn a_socket_activated_helper_with_a_bad_config_keeps_the_socket_and_says_why() {
     let status = std::fs::read_to_string(format!("/proc/{}/status", helperd.pid().expect("pid")))
         .expect("status");
     for set in ["CapEff:", "CapPrm:"] {
-        let value = status
-            .lines()
-            .find_map(|l| l.strip_prefix(set))
-            .map(str::trim)
-            .unwrap_or_default();
-        assert_eq!(value, "0000000000000000", "{set} in\n{status}");
+        assert_eq!(
+            status_field(&status, set),
+            "0000000000000000",
+            "{set} in\n{status}"
+        );
     }
 }
 

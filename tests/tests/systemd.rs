@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use erlbridge_testbed::container::Container;
+use erlbridge_testbed::helperd::{ALLOWED_STORM, NET_ADMIN_ONLY, REFUSED_STORM, status_field};
 use erlbridge_testbed::{package, require_root};
 use serde_json::Value;
 
@@ -187,16 +188,9 @@ fn the_package_under_a_real_systemd() {
     // The service as its unit runs it.
     let pid = host.main_pid();
     let status = host.run(&["cat", &format!("/proc/{pid}/status")]);
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let field = |name| status_field(&status, name);
     for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
-        assert_eq!(field(set), "0000000000001000", "{set} in\n{status}");
+        assert_eq!(field(set), NET_ADMIN_ONLY, "{set} in\n{status}");
     }
     assert_eq!(field("NoNewPrivs:"), "1");
     let limits = host.run(&["cat", &format!("/proc/{pid}/limits")]);
@@ -347,34 +341,8 @@ fn flood(host: &mut Host) {
     let before = host.descriptors(&pid);
 
     let churn = host.spawn_probe(MEMBER, true, &["churn", "--until", "/run/stop-churn"]);
-    let refused = host.spawn_probe(
-        OUTSIDER,
-        false,
-        &[
-            "storm",
-            "--connections",
-            "20000",
-            "--parallel",
-            "200",
-            "--call",
-            "list",
-        ],
-    );
-    let allowed = host.spawn_probe(
-        FLOODER,
-        true,
-        &[
-            "storm",
-            "--connections",
-            "2000",
-            "--parallel",
-            "100",
-            "--hold-ms",
-            "200",
-            "--call",
-            "whoami",
-        ],
-    );
+    let refused = host.spawn_probe(OUTSIDER, false, REFUSED_STORM);
+    let allowed = host.spawn_probe(FLOODER, true, ALLOWED_STORM);
     let mut most = before;
     let mut outcomes = [None, None];
     let deadline = Instant::now() + Duration::from_secs(600);

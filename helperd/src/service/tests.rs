@@ -105,6 +105,15 @@ async fn open(client: &mut HelperClient<Channel>) -> (u64, Streaming<pb::Session
     }
 }
 
+async fn sessions(client: &mut HelperClient<Channel>) -> Vec<pb::SessionInfo> {
+    client
+        .list_sessions(pb::ListSessionsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .sessions
+}
+
 fn mapping(session_id: u64, pod_ip: &str, pod_port: u32, local_port: u32) -> pb::AddMappingRequest {
     pb::AddMappingRequest {
         session_id,
@@ -165,12 +174,7 @@ async fn a_session_end_removes_its_rules() {
             .all(|r| r.uid == me() && r.target.ip().is_loopback())
     );
 
-    let listed = client
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .sessions;
+    let listed = sessions(&mut client).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].mappings.len(), 2);
 
@@ -186,12 +190,7 @@ async fn a_session_end_removes_its_rules() {
     let mut added = f.adds();
     added.sort();
     assert_eq!(removed, added);
-    let listed = client
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .sessions;
+    let listed = sessions(&mut client).await;
     assert!(listed.is_empty(), "{listed:?}");
 }
 
@@ -302,12 +301,7 @@ async fn a_failed_kernel_change_is_not_recorded() {
         err.message()
     );
     f.fake.fail(false);
-    let sessions = client
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .sessions;
+    let sessions = sessions(&mut client).await;
     assert!(sessions[0].mappings.is_empty());
     client
         .add_mapping(mapping(id, "10.244.1.8", 4369, 40000))
@@ -504,12 +498,7 @@ async fn a_failed_removal_leaves_the_mapping_and_says_so() {
         err.message()
     );
     assert!(!err.message().contains("nothing was added"));
-    let sessions = client
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .sessions;
+    let sessions = sessions(&mut client).await;
     assert_eq!(sessions[0].mappings.len(), 1, "still recorded");
     f.fake.fail(false);
     client.remove_mapping(remove).await.expect("removed");

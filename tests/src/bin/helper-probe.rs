@@ -455,7 +455,12 @@ async fn attempt(
     };
     let mut client = match erlbridge_proto::connect(socket).await {
         Ok(client) => client,
-        Err(e) => return ("connect failed".into(), chain(&e)),
+        Err(e) => {
+            return (
+                "connect failed".into(),
+                format!("{:#}", anyhow::Error::new(e)),
+            );
+        }
     };
     let answer = match call {
         StormCall::Whoami => client.who_am_i(pb::WhoAmIRequest {}).await.map(drop),
@@ -470,18 +475,6 @@ async fn attempt(
     };
     tokio::time::sleep(hold).await;
     outcome
-}
-
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// "10.0.0.1:4369" or "[fd00::1]:4369" into address text and port.
