@@ -189,7 +189,6 @@ impl Drop for Call {
 }
 
 /// The service with the peer put into each request and each call counted.
-#[derive(Clone)]
 struct Tracked<S> {
     service: S,
     peer: Peer,

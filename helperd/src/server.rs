@@ -39,9 +39,6 @@ pub enum ServeError {
     /// A non-socket file stands where the socket goes.
     #[error("{0} exists and is not a socket; remove it or configure another `socket` path")]
     NotASocket(PathBuf),
-    /// The gRPC server stopped with an error.
-    #[error("the gRPC server failed")]
-    Transport(#[source] tonic::transport::Error),
 }
 
 /// Binds the socket at `path`: parent directory created if missing, a stale socket replaced,
@@ -232,7 +229,8 @@ pub async fn refuse_every_call(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let decide = |_: &Caller, _| Verdict::AnswerOnce;
-    serve(listener, ANSWER_WITHIN, decide, Refuse(status), shutdown).await
+    // No connection is admitted, so no idle timeout applies.
+    serve(listener, Duration::ZERO, decide, Refuse(status), shutdown).await
 }
 
 /// Serves one connection as a task of the loop, holding `slot` until it closes.

@@ -233,10 +233,12 @@ async fn in_span<T>(
     result.map_err(|e| span.in_scope(|| refused(what, e)))
 }
 
-/// The span of session `id`, for events about it; the connection's when it is not live.
-fn span_of(registry: &Registry, id: SessionId) -> Span {
+/// The span of session `id` for events about a request of `peer`'s: the session's when it is
+/// live on `peer`'s connection, else the connection's.
+fn span_of(registry: &Registry, id: SessionId, peer: &Peer) -> Span {
     registry
         .session(id)
+        .filter(|s| s.conn == peer.conn)
         .map_or_else(Span::current, |s| s.span.clone())
 }
 
@@ -363,7 +365,7 @@ impl<N: NatBackend, A: AliasBackend> pb::helper_server::Helper for Helper<N, A> 
         let req =
             AddMapping::try_from(request.into_inner()).map_err(|e| refused(what, e.into()))?;
         let mut registry = self.shared.registry.lock().await;
-        let span = span_of(&registry, req.session);
+        let span = span_of(&registry, req.session, &peer);
         let rule = in_span(
             span,
             what,
@@ -384,7 +386,7 @@ impl<N: NatBackend, A: AliasBackend> pb::helper_server::Helper for Helper<N, A> 
         let req =
             RemoveMapping::try_from(request.into_inner()).map_err(|e| refused(what, e.into()))?;
         let mut registry = self.shared.registry.lock().await;
-        let span = span_of(&registry, req.session);
+        let span = span_of(&registry, req.session, &peer);
         in_span(
             span,
             what,
@@ -402,7 +404,7 @@ impl<N: NatBackend, A: AliasBackend> pb::helper_server::Helper for Helper<N, A> 
         let peer = peer_of(&request)?;
         let req = Alias::try_from(request.into_inner()).map_err(|e| refused(what, e.into()))?;
         let mut registry = self.shared.registry.lock().await;
-        let span = span_of(&registry, req.session);
+        let span = span_of(&registry, req.session, &peer);
         let ip = in_span(
             span,
             what,
@@ -420,7 +422,7 @@ impl<N: NatBackend, A: AliasBackend> pb::helper_server::Helper for Helper<N, A> 
         let peer = peer_of(&request)?;
         let req = Alias::try_from(request.into_inner()).map_err(|e| refused(what, e.into()))?;
         let mut registry = self.shared.registry.lock().await;
-        let span = span_of(&registry, req.session);
+        let span = span_of(&registry, req.session, &peer);
         in_span(
             span,
             what,
