@@ -187,6 +187,7 @@ async fn flood(ws: &Workstation, bins: &Bins) -> anyhow::Result<()> {
         storms.push(storm(
             &User::member(uid),
             &[
+                "storm",
                 "--connections",
                 "20",
                 "--parallel",
