@@ -3,8 +3,8 @@
 //! Every key is optional; a missing file means every default. Anything unknown or out of range
 //! is refused at start with the key's name, so a typo never silently widens the policy.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -21,6 +21,13 @@ pub const DEFAULT_CIDRS: [&str; 5] = [
     "100.64.0.0/10",
     "fd00::/8",
 ];
+
+/// How many connections per uid the default allows beyond `max_sessions_per_uid`.
+const CONNECTIONS_ABOVE_SESSIONS: u32 = 4;
+/// The most connections the helper will hold; each costs a descriptor and some memory.
+pub const MAX_CONNECTIONS: u32 = 65_536;
+/// The longest idle timeout accepted.
+const MAX_IDLE_TIMEOUT_SECONDS: u32 = 3600;
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +48,12 @@ pub struct Config {
     pub max_aliases_per_uid: u32,
     /// Whether loopback aliases may be added at all (they are host-wide).
     pub aliases: bool,
+    /// Connections one uid may hold open at once.
+    pub max_connections_per_uid: u32,
+    /// Connections the helper holds open at once, across every uid.
+    pub max_connections: u32,
+    /// How long a connection may stay open with no session and no call in progress.
+    pub idle_timeout: Duration,
     /// The `nft` binary, by absolute path.
     pub nft: PathBuf,
     /// The `ip` binary, by absolute path.
@@ -70,7 +83,7 @@ impl std::fmt::Display for GroupSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file exists but could not be read.
-    #[error("cannot read {path}")]
+    #[error("its config {path} cannot be read")]
     Read {
         /// The file.
         path: PathBuf,
@@ -79,15 +92,15 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML or has a key of the wrong type or an unknown key.
-    #[error("{path}: {message}")]
+    #[error("its config {path} is invalid: {message}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// toml's description, which names the key and line.
+        /// Where in the file and toml's description, which names the key.
         message: String,
     },
     /// A key has a value helperd cannot use.
-    #[error("{path}: `{key}`: {message}")]
+    #[error("its config {path} is invalid: `{key}`: {message}")]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -109,6 +122,9 @@ struct RawConfig {
     max_sessions_per_uid: Option<u32>,
     max_aliases_per_uid: Option<u32>,
     aliases: Option<bool>,
+    max_connections_per_uid: Option<u32>,
+    max_connections: Option<u32>,
+    idle_timeout_seconds: Option<u32>,
     nft: Option<PathBuf>,
     ip: Option<PathBuf>,
 }
@@ -130,7 +146,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: one_line(text, &e),
         })?;
         let invalid = |key, message: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -188,23 +204,84 @@ impl Config {
             return Err(invalid("group", "must not be empty".to_owned()));
         }
 
+        let max_sessions_per_uid = positive("max_sessions_per_uid", raw.max_sessions_per_uid, 16)?;
+        // Every running erlbridge holds one connection for its session, and a few more come and
+        // go (status, doctor): a little above the session quota by default.
+        let max_connections_per_uid = positive(
+            "max_connections_per_uid",
+            raw.max_connections_per_uid,
+            max_sessions_per_uid.saturating_add(CONNECTIONS_ABOVE_SESSIONS),
+        )?;
+        if max_connections_per_uid < max_sessions_per_uid {
+            return Err(invalid(
+                "max_connections_per_uid",
+                format!(
+                    "{max_connections_per_uid} is below max_sessions_per_uid \
+                     ({max_sessions_per_uid}); every session needs its own connection, so make it \
+                     at least that"
+                ),
+            ));
+        }
+        let max_connections = positive("max_connections", raw.max_connections, 512)?;
+        if max_connections < max_connections_per_uid {
+            return Err(invalid(
+                "max_connections",
+                format!(
+                    "{max_connections} is below max_connections_per_uid \
+                     ({max_connections_per_uid}); make it at least that"
+                ),
+            ));
+        }
+        if max_connections > MAX_CONNECTIONS {
+            return Err(invalid(
+                "max_connections",
+                format!("{max_connections} is more than the helper supports ({MAX_CONNECTIONS})"),
+            ));
+        }
+        let idle_timeout_seconds = positive("idle_timeout_seconds", raw.idle_timeout_seconds, 10)?;
+        if idle_timeout_seconds > MAX_IDLE_TIMEOUT_SECONDS {
+            return Err(invalid(
+                "idle_timeout_seconds",
+                format!("{idle_timeout_seconds} is more than {MAX_IDLE_TIMEOUT_SECONDS} (an hour)"),
+            ));
+        }
+
         Ok(Config {
             socket: absolute("socket", raw.socket, erlbridge_proto::DEFAULT_SOCKET)?,
             group,
             allowed_uids: raw.allowed_uids.unwrap_or_default(),
             allowed_cidrs: cidrs,
             max_rules_per_uid: positive("max_rules_per_uid", raw.max_rules_per_uid, 256)?,
-            max_sessions_per_uid: positive("max_sessions_per_uid", raw.max_sessions_per_uid, 16)?,
+            max_sessions_per_uid,
             max_aliases_per_uid: positive("max_aliases_per_uid", raw.max_aliases_per_uid, 64)?,
             aliases: raw.aliases.unwrap_or(false),
+            max_connections_per_uid,
+            max_connections,
+            idle_timeout: Duration::from_secs(idle_timeout_seconds.into()),
             nft: absolute("nft", raw.nft, "/usr/sbin/nft")?,
             ip: absolute("ip", raw.ip, "/usr/sbin/ip")?,
         })
     }
+}
 
-    /// Whether `ip` lies inside one of the allowed networks.
-    pub fn allows_network(&self, ip: IpAddr) -> bool {
-        self.allowed_cidrs.iter().any(|net| net.contains(&ip))
+/// toml's error on one line, with the line it is about ("line 3 (`aliases = \"yes\"`): invalid
+/// type: ..."), for the log and for the answer a helper that could not start gives.
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end().replace('\n', "; ");
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let number = text.as_bytes()[..start]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count();
+    match text.lines().nth(number).map(str::trim) {
+        Some(line) if !line.is_empty() => {
+            let line: String = line.chars().take(80).collect();
+            format!("line {} (`{line}`): {message}", number + 1)
+        }
+        _ => format!("line {}: {message}", number + 1),
     }
 }
 
@@ -225,6 +302,20 @@ mod tests {
         assert_eq!(config.max_rules_per_uid, 256);
         assert!(!config.aliases);
         assert_eq!(config.nft, PathBuf::from("/usr/sbin/nft"));
+        assert_eq!(
+            (config.max_connections_per_uid, config.max_connections),
+            (20, 512)
+        );
+        assert_eq!(config.idle_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_connection_cap_per_uid_follows_the_session_quota() {
+        let config = parse("max_sessions_per_uid = 40").expect("valid");
+        assert_eq!(config.max_connections_per_uid, 44);
+        let config =
+            parse("max_sessions_per_uid = 40\nmax_connections_per_uid = 40").expect("valid");
+        assert_eq!(config.max_connections_per_uid, 40);
     }
 
     #[test]
@@ -251,6 +342,9 @@ mod tests {
             max_sessions_per_uid = 2
             max_aliases_per_uid = 3
             aliases = true
+            max_connections_per_uid = 5
+            max_connections = 50
+            idle_timeout_seconds = 3
             nft = "/sbin/nft"
             ip = "/sbin/ip"
             "#,
@@ -268,6 +362,28 @@ mod tests {
         );
         assert_eq!(config.max_aliases_per_uid, 3);
         assert!(config.aliases);
+        assert_eq!(
+            (config.max_connections_per_uid, config.max_connections),
+            (5, 50)
+        );
+        assert_eq!(config.idle_timeout, Duration::from_secs(3));
+        assert_eq!(
+            (config.nft, config.ip),
+            (PathBuf::from("/sbin/nft"), PathBuf::from("/sbin/ip"))
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_is_one_line_naming_the_line() {
+        let err = parse("aliases = true\nmax_rules_per_uid = \"x\"\n").expect_err("a string");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "its config helperd.toml is invalid: line 2 (`max_rules_per_uid = \"x\"`): "
+            ),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text:?}");
     }
 
     #[test]
@@ -283,6 +399,13 @@ mod tests {
             ("group = \"\"", "group"),
             ("allowed_cidr = []", "allowed_cidr"),
             ("allowed_uids = [\"root\"]", "allowed_uids"),
+            ("max_connections_per_uid = 0", "max_connections_per_uid"),
+            ("max_connections_per_uid = 15", "max_connections_per_uid"),
+            ("max_connections = 10", "max_connections"),
+            ("max_connections = 100000", "max_connections"),
+            ("idle_timeout_seconds = 0", "idle_timeout_seconds"),
+            ("idle_timeout_seconds = 86400", "idle_timeout_seconds"),
+            ("idle_timeout_seconds = 1.5", "idle_timeout_seconds"),
         ];
         for (text, key) in cases {
             let err = parse(text).expect_err(text).to_string();

@@ -17,14 +17,50 @@ pub enum Error {
     /// The policy said no.
     #[error(transparent)]
     Refused(#[from] Refusal),
-    /// The kernel change failed.
-    #[error("the helper could not change the host's firewall or loopback addresses")]
-    Backend(#[source] BackendError),
+    /// The kernel change failed, so nothing changed.
+    #[error("the helper could not {change} a rule or alias")]
+    Backend {
+        /// What the request would have changed.
+        change: Change,
+        /// What the backend said.
+        #[source]
+        source: BackendError,
+    },
 }
 
-impl From<BackendError> for Error {
-    fn from(e: BackendError) -> Self {
-        Error::Backend(e)
+/// The kind of kernel change a request asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A mapping or alias added.
+    Add,
+    /// A mapping or alias removed.
+    Remove,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Change::Add => "add",
+            Change::Remove => "remove",
+        })
+    }
+}
+
+impl Error {
+    /// A failed addition: nothing was added.
+    pub fn adding(source: BackendError) -> Error {
+        Error::Backend {
+            change: Change::Add,
+            source,
+        }
+    }
+
+    /// A failed removal: what was there is still there.
+    pub fn removing(source: BackendError) -> Error {
+        Error::Backend {
+            change: Change::Remove,
+            source,
+        }
     }
 }
 
@@ -42,7 +78,11 @@ pub fn refusal_code(refusal: &Refusal) -> Code {
         | TargetNotLoopback { .. }
         | FamilyMismatch { .. }
         | AliasIpv6 { .. } => Code::InvalidArgument,
-        RuleQuota { .. } | SessionQuota { .. } | AliasQuota { .. } => Code::ResourceExhausted,
+        RuleQuota { .. }
+        | SessionQuota { .. }
+        | AliasQuota { .. }
+        | ConnectionQuota { .. }
+        | ConnectionLimit { .. } => Code::ResourceExhausted,
         Duplicate { .. } | AliasHeld { .. } => Code::AlreadyExists,
         UnknownSession { .. } | UnknownMapping { .. } | UnknownAlias { .. } => Code::NotFound,
     }
@@ -50,13 +90,46 @@ pub fn refusal_code(refusal: &Refusal) -> Code {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
+        let details = "Its log (journalctl -u erlbridge-helperd) has the details for your \
+                       administrator";
         match e {
             Error::Invalid(invalid) => Status::invalid_argument(invalid.to_string()),
             Error::Refused(refusal) => Status::new(refusal_code(&refusal), refusal.to_string()),
-            Error::Backend(_) => Status::internal(
-                "the helper could not change the host's firewall; nothing was added. Its log \
-                 (journalctl -u erlbridge-helperd) has the details for your administrator",
-            ),
+            Error::Backend {
+                change: Change::Add,
+                ..
+            } => Status::internal(format!(
+                "the helper could not change the host's firewall or loopback addresses; nothing \
+                 was added. {details}"
+            )),
+            Error::Backend {
+                change: Change::Remove,
+                ..
+            } => Status::internal(format!(
+                "the helper could not change the host's firewall or loopback addresses; the \
+                 mapping or alias is still in place, and goes when your session ends. {details}"
+            )),
         }
     }
+}
+
+/// What every call gets from a helper that could not start (`reason` says why): the socket
+/// stays up and the one recovery command is in the answer.
+pub fn could_not_start(reason: &str) -> Status {
+    Status::failed_precondition(format!(
+        "the helper could not start: {reason}; fix it, then run: sudo systemctl restart \
+         erlbridge-helperd"
+    ))
+}
+
+/// An error and its causes, on one line: "X: because Y".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -1,8 +1,9 @@
 //! Running `nft` and `ip`: by absolute path, never through a shell, with an empty environment,
 //! the script on standard input. What they print on failure goes into the error for the log.
+//! Every program helperd runs goes through here.
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::{ExitStatus, Output, Stdio};
 
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -38,6 +39,16 @@ pub enum BackendError {
 
 /// Runs `program args...` with `stdin` as its input and waits for it.
 pub async fn run(program: &Path, args: &[&str], stdin: &str) -> Result<(), BackendError> {
+    execute(program, args, stdin).await.map(drop)
+}
+
+/// Runs `program args...` with no input and returns what it printed, trimmed.
+pub async fn output(program: &Path, args: &[&str]) -> Result<String, BackendError> {
+    let output = execute(program, args, "").await?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+async fn execute(program: &Path, args: &[&str], stdin: &str) -> Result<Output, BackendError> {
     let spawn_error = |source| BackendError::Spawn {
         program: program.to_owned(),
         source,
@@ -45,8 +56,9 @@ pub async fn run(program: &Path, args: &[&str], stdin: &str) -> Result<(), Backe
     let mut child = Command::new(program)
         .args(args)
         .env_clear()
+        .current_dir("/")
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -59,7 +71,7 @@ pub async fn run(program: &Path, args: &[&str], stdin: &str) -> Result<(), Backe
     }
     let output = child.wait_with_output().await.map_err(spawn_error)?;
     if output.status.success() {
-        Ok(())
+        Ok(output)
     } else {
         Err(BackendError::Failed {
             program: program.to_owned(),

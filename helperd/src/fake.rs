@@ -2,6 +2,7 @@
 //! tested unprivileged. Failures can be switched on to test that a failed kernel change leaves
 //! the helper's state as it was.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -55,13 +56,47 @@ impl Recording {
             .clone()
     }
 
+    /// What a kernel would hold after the calls so far: the rules and the aliases, or the
+    /// first call a kernel would have refused or silently ignored (a duplicate add, a removal
+    /// of something absent).
+    pub fn installed(&self) -> Result<(BTreeSet<Rule>, BTreeSet<IpAddr>), String> {
+        let (mut rules, mut aliases) = (BTreeSet::new(), BTreeSet::new());
+        for call in self.calls() {
+            let ok = match &call {
+                Call::Reset | Call::Teardown => {
+                    rules.clear();
+                    true
+                }
+                Call::AliasReset => {
+                    aliases.clear();
+                    true
+                }
+                Call::Add(rule) => rules.insert(*rule),
+                Call::Remove(gone) => gone.iter().all(|rule| rules.remove(rule)),
+                Call::AliasAdd(ip) => aliases.insert(*ip),
+                Call::AliasRemove(ip) => aliases.remove(ip),
+            };
+            if !ok {
+                return Err(format!(
+                    "{call:?} does not fit what was installed before it"
+                ));
+            }
+        }
+        Ok((rules, aliases))
+    }
+
+    /// Whether changes fail now.
+    pub fn failing(&self) -> bool {
+        *self.failing.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// From now on, every change fails (or succeeds again).
     pub fn fail(&self, failing: bool) {
         *self.failing.lock().unwrap_or_else(PoisonError::into_inner) = failing;
     }
 
     fn record(&self, call: Call) -> Result<(), BackendError> {
-        if *self.failing.lock().unwrap_or_else(PoisonError::into_inner) {
+        if self.failing() {
             return Err(BackendError::Spawn {
                 program: "/fake".into(),
                 source: std::io::Error::other("switched to failing"),

@@ -8,18 +8,23 @@
 //! ([`request`]), lets one pure function decide it ([`policy`]), applies the result through a
 //! backend ([`nft`], [`alias`]) and records it against the caller's session ([`session`]).
 //! A session lives as long as the caller's OpenSession stream; when it ends, for whatever
-//! reason, its rules go. [`service`] ties these together; [`server`] binds the socket.
+//! reason, its rules go. [`service`] ties these together; [`server`] binds the socket and
+//! decides at accept which connections it serves ([`connection`]); [`process`] starts the
+//! process clean.
 #![deny(unsafe_code)]
 
 pub mod alias;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod exec;
+#[cfg(test)]
 pub mod fake;
 pub mod nft;
 pub mod peer;
 pub mod policy;
 pub mod privilege;
+pub mod process;
 pub mod request;
 pub mod server;
 pub mod service;

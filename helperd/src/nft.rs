@@ -127,20 +127,9 @@ impl NatBackend for Nft {
     }
 
     async fn version(&self) -> String {
-        tokio::process::Command::new(&self.program)
-            .arg("--version")
-            .env_clear()
-            .output()
+        crate::exec::output(&self.program, &["--version"])
             .await
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| {
-                format!(
-                    "{} ({})",
-                    String::from_utf8_lossy(&o.stdout).trim(),
-                    self.program.display()
-                )
-            })
+            .map(|version| format!("{version} ({})", self.program.display()))
             .unwrap_or_default()
     }
 }

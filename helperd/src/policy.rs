@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use ipnet::IpNet;
 
 use crate::config::Config;
-use crate::request::{AddMapping, Alias, SessionId};
+use crate::request::{AddMapping, Alias, RemoveMapping, SessionId};
 
 /// A connected process, as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,38 @@ pub struct Caller {
     pub groups: Vec<u32>,
     /// Process id (0 when the kernel did not say).
     pub pid: u32,
+}
+
+/// A connection and the process on its other end. Sessions belong to the connection they were
+/// opened on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Unique per accepted connection.
+    pub conn: u64,
+    /// Who connected.
+    pub caller: Caller,
+}
+
+/// How many connections are open when a new one arrives (not counting it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Connections {
+    /// Those of the new connection's uid.
+    pub of_uid: usize,
+    /// Every uid's.
+    pub total: usize,
+}
+
+/// What becomes of a new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Served; it counts against the connection caps until it closes.
+    Serve,
+    /// The caller may not use the helper. Its first call gets the refusal (WhoAmI still says
+    /// who it is and why), then the connection closes.
+    Refused(Refusal),
+    /// A connection cap is reached: the first call gets this refusal, then the connection
+    /// closes. Connections already open are never dropped to make room.
+    OverCap(Refusal),
 }
 
 /// One DNAT rule: `uid`'s TCP connections to `pod` go to `target`.
@@ -67,6 +99,10 @@ pub trait Ledger {
     fn holder(&self, key: &RuleKey) -> Option<SessionId>;
     /// Whether `session` already holds the alias `ip`.
     fn holds_alias(&self, session: SessionId, ip: IpAddr) -> bool;
+    /// The connection `session` was opened on, if the session is live.
+    fn connection_of(&self, session: SessionId) -> Option<u64>;
+    /// `session`'s live rule for `pod`, if any.
+    fn rule(&self, session: SessionId, pod: SocketAddr) -> Option<Rule>;
 }
 
 /// The rules every request is checked against.
@@ -88,6 +124,10 @@ pub struct Policy {
     pub max_aliases_per_uid: usize,
     /// Whether aliases may be added at all.
     pub aliases: bool,
+    /// Connections one uid may hold open.
+    pub max_connections_per_uid: usize,
+    /// Connections open at once, across every uid.
+    pub max_connections: usize,
 }
 
 /// Why a request was refused. Each message names the rule and what to do about it.
@@ -206,6 +246,29 @@ pub enum Refusal {
         /// The limit.
         max: usize,
     },
+    /// The uid holds as many connections as it may.
+    #[error(
+        "uid {uid} already has {max} connections open to erlbridge-helperd, the most it allows \
+         one user (max_connections_per_uid in helperd.toml); end bridges you no longer need \
+         (each running erlbridge holds one), or ask your administrator to raise \
+         max_connections_per_uid"
+    )]
+    ConnectionQuota {
+        /// The caller's uid.
+        uid: u32,
+        /// The limit.
+        max: usize,
+    },
+    /// The helper holds as many connections as it may, across every uid.
+    #[error(
+        "erlbridge-helperd already has {max} connections open, the most it allows \
+         (max_connections in helperd.toml); try again later, or ask your administrator to raise \
+         max_connections"
+    )]
+    ConnectionLimit {
+        /// The limit.
+        max: usize,
+    },
     /// The uid holds as many aliases as it may.
     #[error(
         "uid {uid} already holds {max} loopback aliases, the most this helper allows \
@@ -289,7 +352,30 @@ impl Policy {
             max_sessions_per_uid: config.max_sessions_per_uid as usize,
             max_aliases_per_uid: config.max_aliases_per_uid as usize,
             aliases: config.aliases,
+            max_connections_per_uid: config.max_connections_per_uid as usize,
+            max_connections: config.max_connections as usize,
         }
+    }
+
+    /// What becomes of a new connection from `caller`, with `open` connections already served.
+    /// A caller the policy refuses is never counted; one over a cap is refused, whatever its
+    /// other connections do.
+    pub fn connect(&self, caller: &Caller, open: Connections) -> Admission {
+        if let Err(refusal) = self.admit(caller) {
+            return Admission::Refused(refusal);
+        }
+        if open.of_uid >= self.max_connections_per_uid {
+            return Admission::OverCap(Refusal::ConnectionQuota {
+                uid: caller.uid,
+                max: self.max_connections_per_uid,
+            });
+        }
+        if open.total >= self.max_connections {
+            return Admission::OverCap(Refusal::ConnectionLimit {
+                max: self.max_connections,
+            });
+        }
+        Admission::Serve
     }
 
     /// Whether the caller may use the helper at all: root, a listed uid, or a member of the
@@ -323,16 +409,33 @@ impl Policy {
         Ok(())
     }
 
+    /// Whether `peer` may act on `session`: it must be allowed, and the session must be live
+    /// and opened on the same connection. Another connection's session is reported as unknown,
+    /// not as someone else's.
+    fn own_session(
+        &self,
+        peer: &Peer,
+        session: SessionId,
+        ledger: &impl Ledger,
+    ) -> Result<(), Refusal> {
+        self.admit(&peer.caller)?;
+        match ledger.connection_of(session) {
+            Some(conn) if conn == peer.conn => Ok(()),
+            _ => Err(Refusal::UnknownSession { session }),
+        }
+    }
+
     /// The rule an AddMapping request may install, or why not. `host_addrs` are the host's own
     /// addresses, less the aliases the helper itself added.
     pub fn add_mapping(
         &self,
-        caller: &Caller,
+        peer: &Peer,
         req: &AddMapping,
         host_addrs: &[IpAddr],
         ledger: &impl Ledger,
     ) -> Result<Rule, Refusal> {
-        self.admit(caller)?;
+        self.own_session(peer, req.session, ledger)?;
+        let caller = &peer.caller;
         self.check_pod_ip("pod_ip", req.pod_ip, host_addrs)?;
         let target_ip = match req.local_ip {
             None if req.pod_ip.is_ipv4() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -369,15 +472,33 @@ impl Policy {
         Ok(rule)
     }
 
+    /// The rule a RemoveMapping request takes away, or why not.
+    pub fn remove_mapping(
+        &self,
+        peer: &Peer,
+        req: &RemoveMapping,
+        ledger: &impl Ledger,
+    ) -> Result<Rule, Refusal> {
+        self.own_session(peer, req.session, ledger)?;
+        let pod = SocketAddr::new(req.pod_ip, req.pod_port);
+        ledger
+            .rule(req.session, pod)
+            .ok_or(Refusal::UnknownMapping {
+                session: req.session,
+                pod,
+            })
+    }
+
     /// Whether the caller's session may take a hold on the loopback alias `req.ip`.
     pub fn add_alias(
         &self,
-        caller: &Caller,
+        peer: &Peer,
         req: &Alias,
         host_addrs: &[IpAddr],
         ledger: &impl Ledger,
     ) -> Result<IpAddr, Refusal> {
-        self.admit(caller)?;
+        self.own_session(peer, req.session, ledger)?;
+        let caller = &peer.caller;
         if !self.aliases {
             return Err(Refusal::AliasesDisabled);
         }
@@ -395,6 +516,24 @@ impl Policy {
             return Err(Refusal::AliasQuota {
                 uid: caller.uid,
                 max: self.max_aliases_per_uid,
+            });
+        }
+        Ok(req.ip)
+    }
+
+    /// Whether the caller's session may release its hold on the alias `req.ip`. Allowed even
+    /// when aliases have been switched off since: releasing only ever takes one away.
+    pub fn remove_alias(
+        &self,
+        peer: &Peer,
+        req: &Alias,
+        ledger: &impl Ledger,
+    ) -> Result<IpAddr, Refusal> {
+        self.own_session(peer, req.session, ledger)?;
+        if !ledger.holds_alias(req.session, req.ip) {
+            return Err(Refusal::UnknownAlias {
+                session: req.session,
+                ip: req.ip,
             });
         }
         Ok(req.ip)

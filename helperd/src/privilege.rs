@@ -55,3 +55,23 @@ pub fn keep_only_net_admin() -> Result<(), PrivilegeError> {
     info!("capabilities narrowed to CAP_NET_ADMIN");
     Ok(())
 }
+
+/// Drops every capability, for a helper that will change nothing in the kernel. The bounding
+/// set is emptied too when helperd may (CAP_SETPCAP, as root by hand); under its unit it holds
+/// only CAP_NET_ADMIN, and with nothing permitted nothing can be raised again.
+pub fn keep_none() -> Result<(), PrivilegeError> {
+    if change(
+        "effective",
+        caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP),
+    )? {
+        for cap in change("bounding", caps::read(None, CapSet::Bounding))? {
+            change("bounding", caps::drop(None, CapSet::Bounding, cap))?;
+        }
+    }
+    change("ambient", caps::clear(None, CapSet::Ambient))?;
+    change("inheritable", caps::clear(None, CapSet::Inheritable))?;
+    change("effective", caps::clear(None, CapSet::Effective))?;
+    change("permitted", caps::clear(None, CapSet::Permitted))?;
+    info!("every capability dropped");
+    Ok(())
+}

@@ -2,26 +2,33 @@
 //! policy, changes the kernel through a backend, then records the change (`session`). The
 //! service is generic over its backends, so every call is tested unprivileged with a fake.
 
-use std::net::{IpAddr, SocketAddr};
+use std::future::Future;
+use std::net::IpAddr;
+use std::os::unix::net::UnixListener;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use erlbridge_proto::v1 as pb;
+use erlbridge_proto::v1::helper_server::HelperServer;
 use tokio::sync::Mutex;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-use tracing::{error, info, warn};
+use tracing::{Instrument, Span, error, info, info_span, warn};
 
 use crate::alias::AliasBackend;
-use crate::error::Error;
+use crate::error::{Error, chain};
 use crate::exec::BackendError;
 use crate::nft::NatBackend;
-use crate::peer::Peer;
-use crate::policy::{Caller, Policy, Rule};
+use crate::policy::{Admission, Caller, Peer, Policy, Rule};
 use crate::request::{AddMapping, Alias, OpenSession, RemoveMapping, SessionId};
+use crate::server::{self, ServeError, Verdict};
 use crate::session::Registry;
+
+/// The largest request body the helper reads. Every valid request fits in a few hundred bytes;
+/// a bigger one is refused before it is decoded.
+pub const MAX_REQUEST_BYTES: usize = 4096;
 
 /// The helper service; clones share one state.
 pub struct Helper<N, A> {
@@ -65,9 +72,31 @@ impl<N: NatBackend, A: AliasBackend> Helper<N, A> {
         })
     }
 
+    /// Serves on `listener` until `shutdown` completes (connections idle for `idle` are
+    /// closed), then removes every rule and alias.
+    pub async fn serve(
+        self,
+        listener: UnixListener,
+        idle: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let policy = self.shared.policy.clone();
+        let decide = move |caller: &Caller, open| match policy.connect(caller, open) {
+            Admission::Serve => Verdict::Serve,
+            Admission::Refused(_) => Verdict::AnswerOnce,
+            Admission::OverCap(refusal) => Verdict::Refuse(Error::from(refusal).into()),
+        };
+        let service = HelperServer::new(self.clone()).max_decoding_message_size(MAX_REQUEST_BYTES);
+        let result = server::serve(listener, idle, decide, service, shutdown).await;
+        self.teardown().await;
+        result
+    }
+
     /// Removes everything every session added, for a helper that is stopping.
     pub async fn teardown(&self) {
-        let _registry = self.shared.registry.lock().await;
+        let mut registry = self.shared.registry.lock().await;
+        // Sessions that end after this find nothing left to remove.
+        *registry = Registry::default();
         if let Err(e) = self.shared.nat.teardown().await {
             error!(error = %chain(&e), "could not remove the nftables table");
         }
@@ -89,23 +118,23 @@ impl<N: NatBackend, A: AliasBackend> Shared<N, A> {
         let Some((session, left)) = registry.close(id) else {
             return;
         };
-        let (uid, pid) = (session.caller.uid, session.caller.pid);
-        if let Err(e) = self.nat.remove(&left.rules).await {
-            error!(uid, pid, session = %id, error = %chain(&e), "could not remove the session's rules");
-        }
-        for ip in &left.aliases {
-            if let Err(e) = self.alias.remove(*ip).await {
-                error!(uid, pid, session = %id, %ip, error = %chain(&e), "could not remove an alias");
+        async {
+            if let Err(e) = self.nat.remove(&left.rules).await {
+                error!(error = %chain(&e), "could not remove the session's rules");
             }
+            for ip in &left.aliases {
+                if let Err(e) = self.alias.remove(*ip).await {
+                    error!(%ip, error = %chain(&e), "could not remove an alias");
+                }
+            }
+            info!(
+                rules = left.rules.len(),
+                aliases = left.aliases.len(),
+                "session ended; its rules and aliases removed"
+            );
         }
-        info!(
-            uid,
-            pid,
-            session = %id,
-            rules = left.rules.len(),
-            aliases = left.aliases.len(),
-            "session ended; its rules and aliases removed"
-        );
+        .instrument(session.span)
+        .await;
     }
 
     /// The host's addresses the policy protects: all of them but the aliases helperd added.
@@ -115,17 +144,67 @@ impl<N: NatBackend, A: AliasBackend> Shared<N, A> {
         addrs.retain(|a| !ours.contains(a));
         Ok(addrs)
     }
-}
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+    // Each change below asks the policy, changes the kernel, and only then records the change,
+    // so a failed kernel change leaves the registry describing what the kernel has.
+
+    async fn add_mapping(
+        &self,
+        registry: &mut Registry,
+        peer: &Peer,
+        req: &AddMapping,
+    ) -> Result<Rule, Error> {
+        let hosts = self.host_addresses(registry).map_err(Error::adding)?;
+        let rule = self.policy.add_mapping(peer, req, &hosts, &*registry)?;
+        self.nat.add(&rule).await.map_err(Error::adding)?;
+        registry.insert_rule(req.session, rule);
+        info!(pod = %rule.pod, target = %rule.target, "mapping granted");
+        Ok(rule)
     }
-    text
+
+    async fn remove_mapping(
+        &self,
+        registry: &mut Registry,
+        peer: &Peer,
+        req: &RemoveMapping,
+    ) -> Result<(), Error> {
+        let rule = self.policy.remove_mapping(peer, req, &*registry)?;
+        self.nat.remove(&[rule]).await.map_err(Error::removing)?;
+        registry.forget_rule(req.session, &rule);
+        info!(pod = %rule.pod, "mapping removed");
+        Ok(())
+    }
+
+    async fn add_alias(
+        &self,
+        registry: &mut Registry,
+        peer: &Peer,
+        req: &Alias,
+    ) -> Result<IpAddr, Error> {
+        let hosts = self.host_addresses(registry).map_err(Error::adding)?;
+        let ip = self.policy.add_alias(peer, req, &hosts, &*registry)?;
+        if registry.alias_is_new(ip) {
+            self.alias.add(ip).await.map_err(Error::adding)?;
+        }
+        registry.hold_alias(req.session, ip);
+        info!(%ip, "alias granted");
+        Ok(ip)
+    }
+
+    async fn remove_alias(
+        &self,
+        registry: &mut Registry,
+        peer: &Peer,
+        req: &Alias,
+    ) -> Result<(), Error> {
+        let ip = self.policy.remove_alias(peer, req, &*registry)?;
+        if registry.alias_is_last(ip) {
+            self.alias.remove(ip).await.map_err(Error::removing)?;
+        }
+        registry.release_alias(req.session, ip);
+        info!(%ip, "alias released");
+        Ok(())
+    }
 }
 
 fn peer_of<T>(request: &Request<T>) -> Result<Peer, Status> {
@@ -134,14 +213,33 @@ fn peer_of<T>(request: &Request<T>) -> Result<Peer, Status> {
     })
 }
 
-/// Logs a refusal or failure with who asked and why, and turns it into the caller's status.
-fn refused(peer: &Peer, what: &'static str, err: Error) -> Status {
-    let (uid, pid) = (peer.caller.uid, peer.caller.pid);
+/// Logs a refusal or failure (in the current span: the connection's, or the session's) and
+/// turns it into the caller's status.
+fn refused(what: &'static str, err: Error) -> Status {
     match &err {
-        Error::Backend(e) => error!(uid, pid, what, error = %chain(e), "failed"),
-        _ => warn!(uid, pid, what, reason = %err, "refused"),
+        Error::Backend { source, .. } => error!(what, error = %chain(source), "failed"),
+        _ => warn!(what, reason = %err, "refused"),
     }
     err.into()
+}
+
+/// Runs `work` inside `span`, logging its refusal or failure there too.
+async fn in_span<T>(
+    span: Span,
+    what: &'static str,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Status> {
+    let result = work.instrument(span.clone()).await;
+    result.map_err(|e| span.in_scope(|| refused(what, e)))
+}
+
+/// The span of session `id` for events about a request of `peer`'s: the session's when it is
+/// live on `peer`'s connection, else the connection's.
+fn span_of(registry: &Registry, id: SessionId, peer: &Peer) -> Span {
+    registry
+        .session(id)
+        .filter(|s| s.conn == peer.conn)
+        .map_or_else(Span::current, |s| s.span.clone())
 }
 
 fn caller_pb(caller: &Caller) -> pb::Caller {
@@ -237,15 +335,16 @@ impl<N: NatBackend, A: AliasBackend> pb::helper_server::Helper for Helper<N, A> 
     ) -> Result<Response<Self::OpenSessionStream>, Status> {
         let what = "open session";
         let peer = peer_of(&request)?;
-        let open = OpenSession::try_from(request.into_inner())
-            .map_err(|e| refused(&peer, what, e.into()))?;
+        let open =
+            OpenSession::try_from(request.into_inner()).map_err(|e| refused(what, e.into()))?;
         let mut registry = self.shared.registry.lock().await;
         self.shared
             .policy
             .open_session(&peer.caller, &*registry)
-            .map_err(|e| refused(&peer, what, e.into()))?;
-        let id = registry.open(peer.conn, peer.caller.clone(), open.label.clone());
-        info!(uid = peer.caller.uid, pid = peer.caller.pid, session = %id, label = %open.label, "session opened");
+            .map_err(|e| refused(what, e.into()))?;
+        let span = info_span!("session", session = tracing::field::Empty, label = %open.label);
+        let id = registry.open(peer.conn, peer.caller.clone(), open.label, span.clone());
+        span.in_scope(|| info!("session opened"));
         Ok(Response::new(SessionStream {
             opened: Some(pb::SessionEvent {
                 event: Some(pb::session_event::Event::Opened(pb::SessionOpened {
@@ -263,32 +362,16 @@ impl<N: NatBackend, A: AliasBackend> pb::helper_server::Helper for Helper<N, A> 
     ) -> Result<Response<pb::AddMappingResponse>, Status> {
         let what = "add mapping";
         let peer = peer_of(&request)?;
-        let req = AddMapping::try_from(request.into_inner())
-            .map_err(|e| refused(&peer, what, e.into()))?;
+        let req =
+            AddMapping::try_from(request.into_inner()).map_err(|e| refused(what, e.into()))?;
         let mut registry = self.shared.registry.lock().await;
-        let decide = || -> Result<Rule, Error> {
-            registry.owned(req.session, peer.conn)?;
-            let hosts = self.shared.host_addresses(&registry)?;
-            Ok(self
-                .shared
-                .policy
-                .add_mapping(&peer.caller, &req, &hosts, &*registry)?)
-        };
-        let rule = decide().map_err(|e| refused(&peer, what, e))?;
-        self.shared
-            .nat
-            .add(&rule)
-            .await
-            .map_err(|e| refused(&peer, what, e.into()))?;
-        registry.insert_rule(req.session, rule);
-        info!(
-            uid = peer.caller.uid,
-            pid = peer.caller.pid,
-            session = %req.session,
-            pod = %rule.pod,
-            target = %rule.target,
-            "mapping granted"
-        );
+        let span = span_of(&registry, req.session, &peer);
+        let rule = in_span(
+            span,
+            what,
+            self.shared.add_mapping(&mut registry, &peer, &req),
+        )
+        .await?;
         Ok(Response::new(pb::AddMappingResponse {
             mapping: Some(mapping_pb(&rule)),
         }))
@@ -300,21 +383,16 @@ impl<N: NatBackend, A: AliasBackend> pb::helper_server::Helper for Helper<N, A> 
     ) -> Result<Response<pb::RemoveMappingResponse>, Status> {
         let what = "remove mapping";
         let peer = peer_of(&request)?;
-        let req = RemoveMapping::try_from(request.into_inner())
-            .map_err(|e| refused(&peer, what, e.into()))?;
+        let req =
+            RemoveMapping::try_from(request.into_inner()).map_err(|e| refused(what, e.into()))?;
         let mut registry = self.shared.registry.lock().await;
-        let find = || -> Result<Rule, Error> {
-            registry.owned(req.session, peer.conn)?;
-            Ok(registry.rule(req.session, SocketAddr::new(req.pod_ip, req.pod_port))?)
-        };
-        let rule = find().map_err(|e| refused(&peer, what, e))?;
-        self.shared
-            .nat
-            .remove(&[rule])
-            .await
-            .map_err(|e| refused(&peer, what, e.into()))?;
-        registry.forget_rule(req.session, &rule);
-        info!(uid = peer.caller.uid, pid = peer.caller.pid, session = %req.session, pod = %rule.pod, "mapping removed");
+        let span = span_of(&registry, req.session, &peer);
+        in_span(
+            span,
+            what,
+            self.shared.remove_mapping(&mut registry, &peer, &req),
+        )
+        .await?;
         Ok(Response::new(pb::RemoveMappingResponse {}))
     }
 
@@ -324,27 +402,15 @@ impl<N: NatBackend, A: AliasBackend> pb::helper_server::Helper for Helper<N, A> 
     ) -> Result<Response<pb::AddAliasResponse>, Status> {
         let what = "add alias";
         let peer = peer_of(&request)?;
-        let req =
-            Alias::try_from(request.into_inner()).map_err(|e| refused(&peer, what, e.into()))?;
+        let req = Alias::try_from(request.into_inner()).map_err(|e| refused(what, e.into()))?;
         let mut registry = self.shared.registry.lock().await;
-        let decide = || -> Result<IpAddr, Error> {
-            registry.owned(req.session, peer.conn)?;
-            let hosts = self.shared.host_addresses(&registry)?;
-            Ok(self
-                .shared
-                .policy
-                .add_alias(&peer.caller, &req, &hosts, &*registry)?)
-        };
-        let ip = decide().map_err(|e| refused(&peer, what, e))?;
-        if registry.alias_is_new(ip) {
-            self.shared
-                .alias
-                .add(ip)
-                .await
-                .map_err(|e| refused(&peer, what, e.into()))?;
-        }
-        registry.hold_alias(req.session, ip);
-        info!(uid = peer.caller.uid, pid = peer.caller.pid, session = %req.session, %ip, "alias granted");
+        let span = span_of(&registry, req.session, &peer);
+        let ip = in_span(
+            span,
+            what,
+            self.shared.add_alias(&mut registry, &peer, &req),
+        )
+        .await?;
         Ok(Response::new(pb::AddAliasResponse { ip: ip.to_string() }))
     }
 
@@ -354,20 +420,15 @@ impl<N: NatBackend, A: AliasBackend> pb::helper_server::Helper for Helper<N, A> 
     ) -> Result<Response<pb::RemoveAliasResponse>, Status> {
         let what = "remove alias";
         let peer = peer_of(&request)?;
-        let req =
-            Alias::try_from(request.into_inner()).map_err(|e| refused(&peer, what, e.into()))?;
+        let req = Alias::try_from(request.into_inner()).map_err(|e| refused(what, e.into()))?;
         let mut registry = self.shared.registry.lock().await;
-        registry
-            .owned(req.session, peer.conn)
-            .map_err(|e| refused(&peer, what, e.into()))?;
-        let last = registry
-            .release_alias(req.session, req.ip)
-            .map_err(|e| refused(&peer, what, e.into()))?;
-        if last && let Err(e) = self.shared.alias.remove(req.ip).await {
-            // The hold is released either way; the address is logged for the administrator.
-            error!(uid = peer.caller.uid, ip = %req.ip, error = %chain(&e), "could not remove an alias");
-        }
-        info!(uid = peer.caller.uid, pid = peer.caller.pid, session = %req.session, ip = %req.ip, "alias released");
+        let span = span_of(&registry, req.session, &peer);
+        in_span(
+            span,
+            what,
+            self.shared.remove_alias(&mut registry, &peer, &req),
+        )
+        .await?;
         Ok(Response::new(pb::RemoveAliasResponse {}))
     }
 
@@ -376,6 +437,10 @@ impl<N: NatBackend, A: AliasBackend> pb::helper_server::Helper for Helper<N, A> 
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let peer = peer_of(&request)?;
+        self.shared
+            .policy
+            .admit(&peer.caller)
+            .map_err(|e| refused("list sessions", e.into()))?;
         let registry = self.shared.registry.lock().await;
         let sessions = registry
             .sessions()
@@ -398,5 +463,7 @@ impl<N: NatBackend, A: AliasBackend> pb::helper_server::Helper for Helper<N, A> 
     }
 }
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;

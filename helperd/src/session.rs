@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
-use crate::policy::{Caller, Ledger, Refusal, Rule, RuleKey};
+use crate::policy::{Caller, Ledger, Rule, RuleKey};
 use crate::request::SessionId;
 
 /// One live session.
@@ -26,6 +26,8 @@ pub struct Session {
     pub rules: BTreeMap<RuleKey, Rule>,
     /// The aliases it holds.
     pub aliases: BTreeSet<IpAddr>,
+    /// Its tracing span: every event about the session is logged inside it.
+    pub span: tracing::Span,
 }
 
 /// What a closed session leaves for the kernel to undo.
@@ -47,10 +49,18 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Records a new session.
-    pub fn open(&mut self, conn: u64, caller: Caller, label: String) -> SessionId {
+    /// Records a new session, logged inside `span` from now on. The span gets the session's id
+    /// in its `session` field.
+    pub fn open(
+        &mut self,
+        conn: u64,
+        caller: Caller,
+        label: String,
+        span: tracing::Span,
+    ) -> SessionId {
         self.next_id += 1;
         let id = SessionId(self.next_id);
+        span.record("session", id.0);
         self.sessions.insert(
             id,
             Session {
@@ -61,18 +71,15 @@ impl Registry {
                 opened: SystemTime::now(),
                 rules: BTreeMap::new(),
                 aliases: BTreeSet::new(),
+                span,
             },
         );
         id
     }
 
-    /// The session `id`, if it was opened on connection `conn`. Another connection's session
-    /// is reported as unknown, not as someone else's.
-    pub fn owned(&self, id: SessionId, conn: u64) -> Result<&Session, Refusal> {
-        self.sessions
-            .get(&id)
-            .filter(|s| s.conn == conn)
-            .ok_or(Refusal::UnknownSession { session: id })
+    /// The live session `id`.
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
+        self.sessions.get(&id)
     }
 
     /// Records a rule the kernel now has.
@@ -81,15 +88,6 @@ impl Registry {
             session.rules.insert(rule.key(), rule);
             self.rules.insert(rule.key(), id);
         }
-    }
-
-    /// The session's rule for `pod`.
-    pub fn rule(&self, id: SessionId, pod: SocketAddr) -> Result<Rule, Refusal> {
-        self.sessions
-            .get(&id)
-            .and_then(|s| s.rules.values().find(|r| r.pod == pod))
-            .copied()
-            .ok_or(Refusal::UnknownMapping { session: id, pod })
     }
 
     /// Forgets a rule the kernel no longer has.
@@ -114,16 +112,20 @@ impl Registry {
         }
     }
 
-    /// Releases `id`'s hold on `ip`; `Ok(true)` when no session holds it any more.
-    pub fn release_alias(&mut self, id: SessionId, ip: IpAddr) -> Result<bool, Refusal> {
-        let held = self
+    /// Whether exactly one session holds `ip` (so releasing it takes it off `lo`).
+    pub fn alias_is_last(&self, ip: IpAddr) -> bool {
+        self.alias_holders.get(&ip) == Some(&1)
+    }
+
+    /// Releases `id`'s hold on `ip`, if it has one.
+    pub fn release_alias(&mut self, id: SessionId, ip: IpAddr) {
+        if self
             .sessions
             .get_mut(&id)
-            .is_some_and(|s| s.aliases.remove(&ip));
-        if !held {
-            return Err(Refusal::UnknownAlias { session: id, ip });
+            .is_some_and(|s| s.aliases.remove(&ip))
+        {
+            self.drop_alias_hold(ip);
         }
-        Ok(self.drop_alias_hold(ip))
     }
 
     fn drop_alias_hold(&mut self, ip: IpAddr) -> bool {
@@ -196,6 +198,17 @@ impl Ledger for Registry {
             .get(&session)
             .is_some_and(|s| s.aliases.contains(&ip))
     }
+
+    fn connection_of(&self, session: SessionId) -> Option<u64> {
+        self.sessions.get(&session).map(|s| s.conn)
+    }
+
+    fn rule(&self, session: SessionId, pod: SocketAddr) -> Option<Rule> {
+        self.sessions
+            .get(&session)
+            .and_then(|s| s.rules.values().find(|r| r.pod == pod))
+            .copied()
+    }
 }
 
 #[cfg(test)]
@@ -219,22 +232,23 @@ mod tests {
         }
     }
 
+    fn open(registry: &mut Registry, conn: u64, uid: u32) -> SessionId {
+        registry.open(conn, caller(uid), "test".into(), tracing::Span::none())
+    }
+
     #[test]
     fn sessions_belong_to_their_connection() {
         let mut registry = Registry::default();
-        let id = registry.open(7, caller(1000), "a".into());
-        assert!(registry.owned(id, 7).is_ok());
-        assert_eq!(
-            registry.owned(id, 8).unwrap_err(),
-            Refusal::UnknownSession { session: id }
-        );
+        let id = open(&mut registry, 7, 1000);
+        assert_eq!(registry.connection_of(id), Some(7));
+        assert_eq!(registry.connection_of(SessionId(id.0 + 1)), None);
     }
 
     #[test]
     fn closing_returns_exactly_what_the_session_held() {
         let mut registry = Registry::default();
-        let a = registry.open(1, caller(1000), "a".into());
-        let b = registry.open(2, caller(1001), "b".into());
+        let a = open(&mut registry, 1, 1000);
+        let b = open(&mut registry, 2, 1001);
         registry.insert_rule(a, rule(1000, "10.0.0.1:4369"));
         registry.insert_rule(b, rule(1001, "10.0.0.1:4369"));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
@@ -253,7 +267,9 @@ mod tests {
                 .holder(&rule(1001, "10.0.0.1:4369").key())
                 .is_some()
         );
-        assert_eq!(registry.release_alias(b, ip), Ok(true));
+        assert!(registry.alias_is_last(ip));
+        registry.release_alias(b, ip);
+        assert!(registry.alias_is_new(ip));
         assert!(registry.close(a).is_none());
     }
 }

@@ -9,10 +9,12 @@
 
 pub mod bins;
 pub mod cluster;
+pub mod container;
 pub mod erlang;
 pub mod events;
 pub mod helperd;
 pub mod netns;
+pub mod package;
 pub mod process;
 pub mod scenario;
 pub mod terminal;

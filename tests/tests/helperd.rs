@@ -3,8 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use std::os::unix::fs::PermissionsExt;
+
+use erlbridge_testbed::helperd::{ALLOWED_STORM, NET_ADMIN_ONLY, REFUSED_STORM, status_field};
 use erlbridge_testbed::workstation::{HOST_V4, HOST_V6};
-use erlbridge_testbed::{Bins, Helperd, Spawned, User, Workstation, require_root};
+use erlbridge_testbed::{Bins, Helperd, Spawned, User, Workstation, require_root, rss_kib};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -18,10 +21,15 @@ struct Bed {
     bins: Bins,
 }
 
-fn bed(extra_config: &str) -> Bed {
+/// The binaries and a workstation, for a test that starts the helper its own way.
+fn staged() -> (Bins, Workstation) {
     require_root();
     let bins = Bins::stage(&["erlbridge-helperd", "helper-probe"]).expect("binaries");
-    let ws = Workstation::new().expect("workstation");
+    (bins, Workstation::new().expect("workstation"))
+}
+
+fn bed(extra_config: &str) -> Bed {
+    let (bins, ws) = staged();
     let helperd = Helperd::start(&ws, &bins, extra_config).expect("helperd");
     Bed { helperd, ws, bins }
 }
@@ -85,6 +93,14 @@ impl Bed {
             );
         }
         elements
+    }
+
+    /// The IPv4 addresses on the workstation's loopback interface, as `ip -o` lists them.
+    fn on_lo(&self) -> String {
+        self.ws
+            .ns
+            .run(&["ip", "-o", "-4", "addr", "show", "dev", "lo"])
+            .unwrap_or_default()
     }
 
     fn wait_for(&self, what: &str, within: Duration, done: impl Fn(&Bed) -> bool) {
@@ -285,9 +301,7 @@ fn a_killed_helper_leaves_nothing_once_restarted_and_sigterm_removes_the_table()
 
 #[test]
 fn foreign_tables_are_untouched() {
-    require_root();
-    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe"]).expect("binaries");
-    let ws = Workstation::new().expect("workstation");
+    let (bins, ws) = staged();
     ws.ns
         .nft(
             "table ip docker_nat {\n\
@@ -359,9 +373,12 @@ fn a_flood_of_bad_requests_changes_nothing() {
     assert_eq!(codes["AlreadyExists"], Value::Null, "{codes}");
     let invalid = codes["InvalidArgument"].as_u64().unwrap_or(0);
     let denied = codes["PermissionDenied"].as_u64().unwrap_or(0);
+    // The two 3 MiB addresses and the 100,000-character label are past the request size
+    // limit: refused before they are decoded.
+    assert_eq!(codes["OutOfRange"], 3, "{codes}");
     assert_eq!(
         (invalid, denied, codes["NotFound"].as_u64()),
-        (17, 2, Some(1)),
+        (14, 2, Some(1)),
         "{codes}"
     );
 
@@ -389,18 +406,13 @@ fn the_running_helper_keeps_only_cap_net_admin() {
     let pid = bed.helperd.pid().expect("running");
     // `ip netns exec` execs, so the spawned pid is the helper itself.
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let net_admin = "0000000000001000";
     assert!(status.contains("Name:\terlbridge-helpe"), "{status}");
     for set in ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:"] {
-        assert_eq!(field(set), net_admin, "{set} in\n{status}");
+        assert_eq!(
+            status_field(&status, set),
+            NET_ADMIN_ONLY,
+            "{set} in\n{status}"
+        );
     }
     // And with only that, nft still works for it.
     let alice = User::member(61001);
@@ -415,26 +427,454 @@ fn aliases_go_on_lo_while_held_and_go_away_after() {
     let bob = User::member(61002);
     let a = bed.hold(&alice, &["--alias", POD]);
     let b = bed.hold(&bob, &["--alias", POD]);
-    let on_lo = |bed: &Bed| {
-        bed.ws
-            .ns
-            .run(&["ip", "-o", "-4", "addr", "show", "dev", "lo"])
-            .unwrap_or_default()
-    };
     assert!(
-        on_lo(&bed).contains(&format!("{POD}/32")),
+        bed.on_lo().contains(&format!("{POD}/32")),
         "{}",
-        on_lo(&bed)
+        bed.on_lo()
     );
     a.signal(Signal::SIGKILL);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(on_lo(&bed).contains(POD), "bob still holds it");
+    assert!(bed.on_lo().contains(POD), "bob still holds it");
     b.signal(Signal::SIGKILL);
     bed.wait_for("alias removal", Duration::from_secs(1), |bed| {
-        !on_lo(bed).contains(POD)
+        !bed.on_lo().contains(POD)
     });
     assert!(
-        on_lo(&bed).contains("127.0.0.1"),
+        bed.on_lo().contains("127.0.0.1"),
         "the loopback address itself stays"
     );
+}
+
+/// A Unix socket's listing in `/proc/PID/fd` and what each entry points to.
+fn descriptors(pid: i32) -> Vec<(String, String)> {
+    let mut fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| {
+                    let target = std::fs::read_link(e.path())
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default();
+                    (e.file_name().to_string_lossy().into_owned(), target)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    fds
+}
+
+#[test]
+fn nothing_inherited_reaches_the_helper_or_what_it_runs() {
+    let (bins, ws) = staged();
+    let scratch = ws.scratch().display().to_string();
+    // An `nft` that notes its environment and descriptors, then runs the real one.
+    let nft = ws.scratch().join("nft");
+    std::fs::write(
+        &nft,
+        format!(
+            "#!/bin/sh\n/usr/bin/env > {scratch}/nft.env\n\
+             fds=$(/bin/ls -l /proc/$$/fd)\necho \"$fds\" > {scratch}/nft.fds\n\
+             exec /usr/sbin/nft \"$@\"\n"
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let secret = ws.scratch().join("secret");
+    std::fs::write(&secret, "left open by a careless parent").expect("secret");
+    let helperd = Helperd::start_from_shell(
+        &ws,
+        &bins,
+        &format!("nft = {:?}", nft.display().to_string()),
+        &format!(
+            "exec 7<{}; exec 9<{}; export CARELESS=1",
+            secret.display(),
+            secret.display()
+        ),
+    )
+    .expect("helperd");
+
+    let pid = helperd.pid().expect("running");
+    let fds = descriptors(pid);
+    assert!(
+        fds.iter().all(|(_, target)| !target.contains("secret")),
+        "the helper kept what its parent left open: {fds:?}"
+    );
+    let env = std::fs::read_to_string(ws.scratch().join("nft.env")).expect("nft ran");
+    let env: Vec<&str> = env
+        .lines()
+        .filter(|l| !l.starts_with("PWD=") && !l.starts_with("OLDPWD="))
+        .collect();
+    assert!(env.is_empty(), "nft got an environment: {env:?}");
+    let nft_fds = std::fs::read_to_string(ws.scratch().join("nft.fds")).expect("nft ran");
+    for line in nft_fds.lines().filter(|l| l.contains(" -> ")) {
+        let target = line.rsplit(" -> ").next().unwrap_or_default();
+        assert!(
+            target.starts_with("pipe:") || target.ends_with("/nft") || target == "/dev/null",
+            "nft inherited {target}:\n{nft_fds}"
+        );
+    }
+}
+
+#[test]
+fn a_socket_activated_helper_keeps_only_its_socket() {
+    let (bins, ws) = staged();
+    let helperd = Helperd::start_activated(&ws, &bins, "").expect("helperd");
+    let pid = helperd.pid().expect("running");
+    // systemd-socket-activate execs the helper once the socket is used.
+    let fds = descriptors(pid);
+    let sockets = fds.iter().filter(|(_, t)| t.starts_with("socket:")).count();
+    assert!(sockets >= 1, "{fds:?}");
+    let flags = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).expect("fd 3");
+    let flags = flags
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(str::trim)
+        .and_then(|f| u32::from_str_radix(f, 8).ok())
+        .expect("flags");
+    assert_ne!(
+        flags & 0o2000000,
+        0,
+        "the socket systemd passed is close-on-exec"
+    );
+}
+
+#[test]
+fn a_connection_flood_leaves_legitimate_calls_working_and_nothing_behind() {
+    // allowed_uids opens the socket to every uid, so a refused uid reaches the helper itself.
+    let bed = bed("allowed_uids = [61099]");
+    let pid = bed.helperd.pid().expect("running");
+    let churner = User::member(61001);
+    let flooder = User::member(61002);
+    let refused = User::outsider(61003);
+    let latecomer = User::member(61004);
+    let (code, out) = bed.run_probe(&latecomer, &["whoami"]);
+    assert_eq!(code, 0, "{out}");
+    let (fds_before, rss_before) = (bed.helperd.open_descriptors(), rss_kib(pid));
+
+    let stop = bed.ws.scratch().join("stop-churn");
+    let spawn = |user: &User, args: &[&str]| {
+        let argv = bed.probe(args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        bed.ws.spawn_as(user, &argv).expect("probe")
+    };
+    let mut churn = spawn(&churner, &["churn", "--until", &stop.display().to_string()]);
+    let mut refused_storm = spawn(&refused, REFUSED_STORM);
+    let mut allowed_storm = spawn(&flooder, ALLOWED_STORM);
+
+    // While the storms blow: sample the helper, and check another uid gets in.
+    let (mut fds_most, mut rss_most) = (0, 0);
+    let mut latecomer_served = false;
+    let storms_done = |storm: &mut Spawned| {
+        storm
+            .wait_line(Duration::ZERO, |l| l.contains("outcomes"))
+            .ok()
+    };
+    let (mut refused_outcome, mut allowed_outcome) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while refused_outcome.is_none() || allowed_outcome.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the storms did not end in 10 minutes"
+        );
+        fds_most = fds_most.max(bed.helperd.open_descriptors());
+        rss_most = rss_most.max(rss_kib(pid));
+        if !latecomer_served {
+            let (code, out) = bed.run_probe(&latecomer, &["whoami"]);
+            assert!(
+                code != 0 || out.contains("\"allowed\":true"),
+                "another uid's connection during the flood: {out}"
+            );
+            latecomer_served = code == 0;
+        }
+        refused_outcome = refused_outcome.or_else(|| storms_done(&mut refused_storm));
+        allowed_outcome = allowed_outcome.or_else(|| storms_done(&mut allowed_storm));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&stop, "").expect("stop the churn");
+    let churned = outcome(
+        &churn
+            .wait_line(Duration::from_secs(30), |l| l.contains("cycles"))
+            .expect("the churn ends"),
+    );
+
+    println!(
+        "refused uid: {}",
+        refused_outcome.as_deref().unwrap_or_default()
+    );
+    println!(
+        "allowed uid: {}",
+        allowed_outcome.as_deref().unwrap_or_default()
+    );
+    println!(
+        "helper: {fds_before} descriptors and {rss_before} KiB before, at most {fds_most} and \
+         {rss_most} KiB during; churn: {churned}"
+    );
+    assert!(latecomer_served, "another uid was served during the flood");
+    assert!(churned["cycles"].as_u64().unwrap_or(0) > 0, "{churned}");
+    assert_eq!(churned["failures"], serde_json::json!([]), "{churned}");
+
+    let refused_outcome = outcome(refused_outcome.as_deref().unwrap_or_default());
+    let answered = refused_outcome["outcomes"]["PermissionDenied"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(answered > 0, "{refused_outcome}");
+    assert!(
+        refused_outcome["messages"]["PermissionDenied"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not in group"),
+        "{refused_outcome}"
+    );
+    assert_eq!(
+        refused_outcome["outcomes"]["Ok"],
+        Value::Null,
+        "{refused_outcome}"
+    );
+
+    let allowed_outcome = outcome(allowed_outcome.as_deref().unwrap_or_default());
+    assert!(
+        allowed_outcome["outcomes"]["Ok"].as_u64().unwrap_or(0) > 0,
+        "{allowed_outcome}"
+    );
+    assert!(
+        allowed_outcome["messages"]["ResourceExhausted"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_connections_per_uid in helperd.toml"),
+        "{allowed_outcome}"
+    );
+
+    // Bounds, with generous margins: the caps (20 per uid, 32 refusals at once) hold the
+    // descriptors; memory grows by well under a few kilobytes per attempt.
+    assert!(
+        fds_most <= fds_before + 100,
+        "{fds_most} descriptors during the flood, {fds_before} before"
+    );
+    assert!(
+        rss_most <= rss_before + 64 * 1024,
+        "{rss_most} KiB during the flood, {rss_before} KiB before"
+    );
+    drop(churn);
+    bed.wait_for(
+        "the descriptors' return to their baseline",
+        Duration::from_secs(30),
+        |b| b.helperd.open_descriptors() <= fds_before,
+    );
+    bed.wait_for("memory to come back", Duration::from_secs(30), |_| {
+        rss_kib(pid) <= rss_before + 8 * 1024
+    });
+    println!("helper after the flood: {} KiB", rss_kib(pid));
+    bed.wait_for("an empty table", Duration::from_secs(5), |b| {
+        b.elements().is_empty()
+    });
+}
+
+#[test]
+fn aliases_are_gone_after_a_helper_restart() {
+    let mut bed = bed("aliases = true");
+    let alice = User::member(61001);
+    let holder = bed.hold(&alice, &["--alias", POD]);
+    assert!(
+        holder.seen().iter().any(|l| l.contains("\"ok\":true")),
+        "{:?}",
+        holder.seen()
+    );
+    assert!(
+        bed.on_lo().contains(&format!("{POD}/32")),
+        "{}",
+        bed.on_lo()
+    );
+    assert_eq!(bed.helperd.stop(Signal::SIGKILL).expect("killed"), -9);
+    assert!(bed.on_lo().contains(POD), "a killed helper cannot clean up");
+    bed.helperd.restart(&bed.ws).expect("restart");
+    assert!(
+        !bed.on_lo().contains(POD),
+        "the restarted helper removed the alias: {}",
+        bed.on_lo()
+    );
+    assert!(bed.on_lo().contains("127.0.0.1"));
+
+    // And SIGTERM removes the aliases it holds.
+    let _holder = bed.hold(&alice, &["--alias", POD]);
+    assert!(bed.on_lo().contains(POD));
+    assert_eq!(bed.helperd.stop(Signal::SIGTERM).expect("stopped"), 0);
+    assert!(!bed.on_lo().contains(POD), "{}", bed.on_lo());
+}
+
+#[test]
+fn without_a_route_an_alias_and_a_mapping_redirect_only_their_owner() {
+    let bed = bed("aliases = true");
+    bed.ws.set_default_route(false).expect("no default route");
+    let alice = User::member(61001);
+    let bob = User::member(61002);
+    let _listener = bed.listen("127.0.0.1:40000");
+    let pod = format!("{POD}:4369");
+    let (_, out) = bed.run_probe(&alice, &["connect", &pod]);
+    assert!(
+        out.contains("unreachable"),
+        "the control: without a route, connecting fails at once: {out}"
+    );
+
+    let holder = bed.hold(&alice, &["--alias", POD, "--map", &format!("{pod}=40000")]);
+    assert_eq!(
+        holder
+            .seen()
+            .iter()
+            .filter(|l| l.contains("\"ok\":true"))
+            .count(),
+        2,
+        "{:?}",
+        holder.seen()
+    );
+    assert!(bed.connects(&alice, &pod), "alice is redirected");
+    let (code, out) = bed.run_probe(&bob, &["connect", &pod]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("refused"),
+        "bob's connection is refused by the alias, not redirected: {out}"
+    );
+}
+
+#[test]
+fn the_total_cap_refuses_new_connections_whoever_asks() {
+    let bed = bed("max_connections = 20");
+    let hog = User::member(61001);
+    let other = User::member(61002);
+    // The hog holds every place, without a call (the idle timeout is 10 s).
+    let argv = bed.probe(&[
+        "storm",
+        "--connections",
+        "20",
+        "--parallel",
+        "20",
+        "--hold-ms",
+        "4000",
+    ]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let _hog = bed.ws.spawn_as(&hog, &argv).expect("storm");
+    bed.wait_for("the hog's connections", Duration::from_secs(5), |b| {
+        b.helperd.open_descriptors() >= 20
+    });
+    let (code, out) = bed.run_probe(&other, &["whoami"]);
+    assert_eq!(code, 1, "{out}");
+    let refusal = outcome(out.trim());
+    assert_eq!(refusal["code"], "ResourceExhausted", "{refusal}");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("(max_connections in helperd.toml)"),
+        "{refusal}"
+    );
+}
+
+#[test]
+fn a_helper_started_by_hand_with_a_bad_config_says_why_and_exits() {
+    let (bins, ws) = staged();
+    let err = Helperd::start(&ws, &bins, "max_connections_per_uid = 0").expect_err("a bad key");
+    let err = format!("{err:#}");
+    assert!(err.contains("exited with 1"), "{err}");
+    assert!(
+        err.contains("its config") && err.contains("`max_connections_per_uid`: must be at least 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_socket_activated_helper_with_a_bad_config_keeps_the_socket_and_says_why() {
+    let (bins, ws) = staged();
+    let helperd =
+        Helperd::start_activated(&ws, &bins, "idle_timeout_seconds = 0").expect("it answers");
+    let socket = helperd.socket.display().to_string();
+    let probe = bins.path("helper-probe");
+    for user in [User::member(61001), User::outsider(61002)] {
+        let (code, out, _) = ws
+            .run_as(&user, &[&probe, "--socket", &socket, "whoami"])
+            .expect("probe");
+        assert_eq!(code, 1, "{out}");
+        let status = outcome(out.trim());
+        if user.groups.is_empty() {
+            // The socket's mode keeps outsiders out before the helper is asked.
+            assert!(out.contains("Permission denied"), "{out}");
+            continue;
+        }
+        assert_eq!(status["code"], "FailedPrecondition", "{status}");
+        assert!(
+            status["message"].as_str().unwrap_or_default().contains(
+                "is invalid: `idle_timeout_seconds`: must be at least 1; fix it, then run: \
+                 sudo systemctl restart erlbridge-helperd"
+            ),
+            "{status}"
+        );
+    }
+    // It holds no capability at all.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", helperd.pid().expect("pid")))
+        .expect("status");
+    for set in ["CapEff:", "CapPrm:"] {
+        assert_eq!(
+            status_field(&status, set),
+            "0000000000000000",
+            "{set} in\n{status}"
+        );
+    }
+}
+
+/// The CPU time process `pid` has used, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses: state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn out_of_descriptors_the_helper_pauses_instead_of_spinning() {
+    let bed = bed("");
+    let pid = bed.helperd.pid().expect("running");
+    let alice = User::member(61001);
+    // Leave the helper one descriptor to spare (its soft limit; the hard one stays), then give
+    // it a crowd.
+    let limit = (bed.helperd.open_descriptors() + 1).to_string();
+    let prlimit = |soft: &str| {
+        erlbridge_testbed::netns::run(std::process::Command::new("prlimit").args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={soft}:"),
+        ]))
+        .expect("prlimit")
+    };
+    prlimit(&limit);
+    let argv = bed.probe(&[
+        "storm",
+        "--connections",
+        "50",
+        "--parallel",
+        "50",
+        "--hold-ms",
+        "4000",
+    ]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let _crowd = bed.ws.spawn_as(&alice, &argv).expect("storm");
+    bed.wait_for("the helper to run out", Duration::from_secs(5), |b| {
+        b.helperd.log().contains("out of descriptors")
+    });
+    let (ticks, start) = (cpu_ticks(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = (cpu_ticks(pid) - ticks) as f64 / 100.0;
+    let wall = start.elapsed().as_secs_f64();
+    assert!(
+        used < wall / 4.0,
+        "the helper used {used:.2} s of CPU in {wall:.2} s while out of descriptors"
+    );
+
+    // With descriptors back, the helper serves again (another uid: alice's crowd is at its cap).
+    prlimit("1024");
+    let (code, out) = bed.run_probe(&User::member(61002), &["whoami"]);
+    assert_eq!(code, 0, "{out}");
 }

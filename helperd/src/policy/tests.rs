@@ -6,15 +6,18 @@ use tonic::Code;
 use super::*;
 use crate::config::Config;
 use crate::error::Error;
-use crate::request::{AddMapping, Alias, SessionId};
+use crate::request::{AddMapping, Alias, RemoveMapping, SessionId};
 
 const GROUP_GID: u32 = 4242;
+/// The connection every case's caller is on.
+const CONN: u64 = 1;
 const HOST: &str = "10.0.2.15";
 
 fn policy() -> Policy {
     let config = Config::parse(
         std::path::Path::new("helperd.toml"),
-        "allowed_uids = [900]\nmax_rules_per_uid = 4\nmax_sessions_per_uid = 2\nmax_aliases_per_uid = 2",
+        "allowed_uids = [900]\nmax_rules_per_uid = 4\nmax_sessions_per_uid = 2\nmax_aliases_per_uid = 2\n\
+         max_connections_per_uid = 3\nmax_connections = 5",
     )
     .expect("valid");
     Policy::new(&config, Some(GROUP_GID))
@@ -38,13 +41,30 @@ fn outsider(uid: u32) -> Caller {
     }
 }
 
-#[derive(Default)]
+/// The state a case sees. Session 1 is the caller's, on its connection, unless
+/// `session_on` says otherwise.
 struct FakeLedger {
     sessions: usize,
     rules: usize,
     aliases: usize,
     live: Vec<(RuleKey, SessionId)>,
     held: Vec<(SessionId, IpAddr)>,
+    session_on: Option<u64>,
+    session_rules: Vec<Rule>,
+}
+
+impl Default for FakeLedger {
+    fn default() -> Self {
+        FakeLedger {
+            sessions: 0,
+            rules: 0,
+            aliases: 0,
+            live: vec![],
+            held: vec![],
+            session_on: Some(CONN),
+            session_rules: vec![],
+        }
+    }
 }
 
 impl Ledger for FakeLedger {
@@ -63,6 +83,15 @@ impl Ledger for FakeLedger {
     fn holds_alias(&self, session: SessionId, ip: IpAddr) -> bool {
         self.held.contains(&(session, ip))
     }
+    fn connection_of(&self, session: SessionId) -> Option<u64> {
+        self.session_on.filter(|_| session == SessionId(1))
+    }
+    fn rule(&self, session: SessionId, pod: SocketAddr) -> Option<Rule> {
+        self.session_rules
+            .iter()
+            .find(|r| session == SessionId(1) && r.pod == pod)
+            .copied()
+    }
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -80,9 +109,13 @@ fn map(pod_ip: &str, local_ip: Option<&str>) -> AddMapping {
 }
 
 enum Req {
+    Connect(Connections),
     Open,
     Map(AddMapping),
+    Unmap(&'static str),
     Alias(&'static str),
+    Unalias(&'static str),
+    List,
 }
 
 /// What a case expects: `Ok(target)` (the rule's target, or "" for non-mapping requests), or
@@ -110,7 +143,7 @@ fn case(name: &'static str, caller: Caller, req: Req, expect: Expect) -> Case {
 }
 
 fn cases() -> Vec<Case> {
-    use Code::{AlreadyExists, InvalidArgument, PermissionDenied, ResourceExhausted};
+    use Code::{AlreadyExists, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted};
     let root = Caller {
         uid: 0,
         gid: 0,
@@ -490,38 +523,263 @@ fn cases() -> Vec<Case> {
                 ..FakeLedger::default()
             },
         )),
+        aliases(with(
+            case(
+                "another session's alias counts towards the quota too",
+                member(1000),
+                Req::Alias("10.244.1.9"),
+                Err((ResourceExhausted, "max_aliases_per_uid")),
+            ),
+            FakeLedger {
+                aliases: 2,
+                held: vec![(SessionId(2), ip("10.244.1.8"))],
+                ..FakeLedger::default()
+            },
+        )),
+        with(
+            case(
+                "releasing a held alias",
+                member(1000),
+                Req::Unalias("10.244.1.8"),
+                Ok(""),
+            ),
+            FakeLedger {
+                held: vec![(SessionId(1), ip("10.244.1.8"))],
+                ..FakeLedger::default()
+            },
+        ),
+        case(
+            "releasing an alias the session does not hold",
+            member(1000),
+            Req::Unalias("10.244.1.8"),
+            Err((NotFound, "holds no alias 10.244.1.8")),
+        ),
+        with(
+            case(
+                "an outsider may not release an alias",
+                outsider(1001),
+                Req::Unalias("10.244.1.8"),
+                Err((PermissionDenied, "not in group")),
+            ),
+            FakeLedger {
+                held: vec![(SessionId(1), ip("10.244.1.8"))],
+                ..FakeLedger::default()
+            },
+        ),
+        // Sessions belong to their connection.
+        with(
+            case(
+                "mapping in another connection's session",
+                member(1000),
+                Req::Map(map("10.244.1.8", None)),
+                Err((NotFound, "no session 1 on this connection")),
+            ),
+            FakeLedger {
+                session_on: Some(CONN + 1),
+                ..FakeLedger::default()
+            },
+        ),
+        aliases(with(
+            case(
+                "an alias in a session that ended",
+                member(1000),
+                Req::Alias("10.244.1.8"),
+                Err((NotFound, "OpenSession")),
+            ),
+            FakeLedger {
+                session_on: None,
+                ..FakeLedger::default()
+            },
+        )),
+        // Removals.
+        with(
+            case(
+                "removing the session's mapping",
+                member(1000),
+                Req::Unmap("10.244.1.8:4369"),
+                Ok("127.0.0.1:40000"),
+            ),
+            session_rule(1000),
+        ),
+        case(
+            "removing a mapping the session does not have",
+            member(1000),
+            Req::Unmap("10.244.1.8:4369"),
+            Err((NotFound, "no mapping for 10.244.1.8:4369")),
+        ),
+        with(
+            case(
+                "removing a mapping of another connection's session",
+                member(1000),
+                Req::Unmap("10.244.1.8:4369"),
+                Err((NotFound, "no session 1")),
+            ),
+            FakeLedger {
+                session_on: Some(CONN + 1),
+                ..session_rule(1000)
+            },
+        ),
+        with(
+            case(
+                "an outsider may not remove",
+                outsider(1001),
+                Req::Unmap("10.244.1.8:4369"),
+                Err((PermissionDenied, "usermod -aG erlbridge")),
+            ),
+            session_rule(1001),
+        ),
+        // Listing.
+        case("a member may list", member(1000), Req::List, Ok("")),
+        case(
+            "an outsider may not list",
+            outsider(1001),
+            Req::List,
+            Err((PermissionDenied, "not in group")),
+        ),
+        // Connections.
+        case(
+            "a first connection",
+            member(1000),
+            Req::Connect(Connections::default()),
+            Ok("serve"),
+        ),
+        case(
+            "below both caps",
+            member(1000),
+            Req::Connect(Connections {
+                of_uid: 2,
+                total: 4,
+            }),
+            Ok("serve"),
+        ),
+        case(
+            "at the cap per uid",
+            member(1000),
+            Req::Connect(Connections {
+                of_uid: 3,
+                total: 3,
+            }),
+            Err((ResourceExhausted, "max_connections_per_uid in helperd.toml")),
+        ),
+        case(
+            "root at the cap per uid",
+            root_caller(),
+            Req::Connect(Connections {
+                of_uid: 3,
+                total: 3,
+            }),
+            Err((ResourceExhausted, "max_connections_per_uid")),
+        ),
+        case(
+            "another uid's first connection while the total has room",
+            member(1001),
+            Req::Connect(Connections {
+                of_uid: 0,
+                total: 4,
+            }),
+            Ok("serve"),
+        ),
+        case(
+            "at the total cap",
+            member(1001),
+            Req::Connect(Connections {
+                of_uid: 0,
+                total: 5,
+            }),
+            Err((ResourceExhausted, "max_connections in helperd.toml")),
+        ),
+        case(
+            "an outsider's connection is refused whatever the counts",
+            outsider(1002),
+            Req::Connect(Connections::default()),
+            Err((PermissionDenied, "not in group erlbridge")),
+        ),
+        case(
+            "an outsider over a cap still gets the group refusal",
+            outsider(1002),
+            Req::Connect(Connections {
+                of_uid: 9,
+                total: 9,
+            }),
+            Err((PermissionDenied, "usermod -aG")),
+        ),
     ]
+}
+
+fn root_caller() -> Caller {
+    Caller {
+        uid: 0,
+        gid: 0,
+        groups: vec![],
+        pid: 1,
+    }
+}
+
+/// A ledger where session 1 holds `uid`'s mapping of 10.244.1.8:4369.
+fn session_rule(uid: u32) -> FakeLedger {
+    FakeLedger {
+        session_rules: vec![Rule {
+            uid,
+            pod: "10.244.1.8:4369".parse().unwrap(),
+            target: "127.0.0.1:40000".parse().unwrap(),
+        }],
+        ..FakeLedger::default()
+    }
 }
 
 #[test]
 fn the_policy_table() {
     let hosts = [ip(HOST), ip("fd00::1:15")];
     let cases = cases();
-    assert!(cases.len() >= 40, "the table should stay broad");
+    assert!(cases.len() >= 60, "the table should stay broad");
     for c in cases {
         let mut policy = policy();
         policy.aliases = c.aliases_on;
+        let peer = Peer {
+            conn: CONN,
+            caller: c.caller.clone(),
+        };
+        let alias = |a: &str| Alias {
+            session: SessionId(1),
+            ip: ip(a),
+        };
         let outcome: Result<String, Error> = match &c.req {
+            Req::Connect(open) => match policy.connect(&c.caller, *open) {
+                Admission::Serve => Ok("serve".to_owned()),
+                Admission::Refused(r) => {
+                    assert!(policy.admit(&c.caller).is_err(), "{}", c.name);
+                    Err(r)
+                }
+                Admission::OverCap(r) => {
+                    assert!(policy.admit(&c.caller).is_ok(), "{}", c.name);
+                    Err(r)
+                }
+            },
             Req::Open => policy
                 .open_session(&c.caller, &c.ledger)
                 .map(|()| String::new()),
-            Req::Map(m) => policy
-                .add_mapping(&c.caller, m, &hosts, &c.ledger)
-                .map(|rule| {
-                    assert_eq!(rule.uid, c.caller.uid, "{}", c.name);
-                    rule.target.to_string()
-                }),
+            Req::Map(m) => policy.add_mapping(&peer, m, &hosts, &c.ledger).map(|rule| {
+                assert_eq!(rule.uid, c.caller.uid, "{}", c.name);
+                rule.target.to_string()
+            }),
+            Req::Unmap(pod) => {
+                let pod: SocketAddr = pod.parse().unwrap();
+                let req = RemoveMapping {
+                    session: SessionId(1),
+                    pod_ip: pod.ip(),
+                    pod_port: pod.port(),
+                };
+                policy
+                    .remove_mapping(&peer, &req, &c.ledger)
+                    .map(|rule| rule.target.to_string())
+            }
             Req::Alias(a) => policy
-                .add_alias(
-                    &c.caller,
-                    &Alias {
-                        session: SessionId(1),
-                        ip: ip(a),
-                    },
-                    &hosts,
-                    &c.ledger,
-                )
+                .add_alias(&peer, &alias(a), &hosts, &c.ledger)
                 .map(|_| String::new()),
+            Req::Unalias(a) => policy
+                .remove_alias(&peer, &alias(a), &c.ledger)
+                .map(|_| String::new()),
+            Req::List => policy.admit(&c.caller).map(|()| String::new()),
         }
         .map_err(Error::from);
         match (outcome, c.expect) {
@@ -593,7 +851,8 @@ proptest! {
         let req = AddMapping { session: SessionId(1), pod_ip, pod_port, local_ip, local_port };
         let ledger = FakeLedger { rules, ..FakeLedger::default() };
         let hosts = [ip(HOST)];
-        if let Ok(rule) = policy.add_mapping(&caller, &req, &hosts, &ledger) {
+        let peer = Peer { conn: CONN, caller: caller.clone() };
+        if let Ok(rule) = policy.add_mapping(&peer, &req, &hosts, &ledger) {
             prop_assert_eq!(rule.uid, uid);
             prop_assert!(rule.target.ip().is_loopback());
             prop_assert_eq!(rule.target.is_ipv4(), rule.pod.is_ipv4());

@@ -34,7 +34,8 @@ async fn start(config_text: &str) -> Fixture {
         .expect("start");
     let listener = server::bind(&socket, None, false).expect("bind");
     let server = tokio::spawn(async move {
-        server::serve(listener, helper, std::future::pending())
+        helper
+            .serve(listener, config.idle_timeout, std::future::pending())
             .await
             .expect("serve");
     });
@@ -104,6 +105,15 @@ async fn open(client: &mut HelperClient<Channel>) -> (u64, Streaming<pb::Session
     }
 }
 
+async fn sessions(client: &mut HelperClient<Channel>) -> Vec<pb::SessionInfo> {
+    client
+        .list_sessions(pb::ListSessionsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .sessions
+}
+
 fn mapping(session_id: u64, pod_ip: &str, pod_port: u32, local_port: u32) -> pb::AddMappingRequest {
     pb::AddMappingRequest {
         session_id,
@@ -164,12 +174,7 @@ async fn a_session_end_removes_its_rules() {
             .all(|r| r.uid == me() && r.target.ip().is_loopback())
     );
 
-    let listed = client
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .sessions;
+    let listed = sessions(&mut client).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].mappings.len(), 2);
 
@@ -185,12 +190,7 @@ async fn a_session_end_removes_its_rules() {
     let mut added = f.adds();
     added.sort();
     assert_eq!(removed, added);
-    let listed = client
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .sessions;
+    let listed = sessions(&mut client).await;
     assert!(listed.is_empty(), "{listed:?}");
 }
 
@@ -241,7 +241,8 @@ async fn bad_requests_change_nothing() {
             Code::InvalidArgument,
         ),
         (mapping(id, "10.244.1.8", 4369, 0), Code::InvalidArgument),
-        (mapping(id, &long, 4369, 40000), Code::InvalidArgument),
+        // Far past the request size limit: refused before it is decoded.
+        (mapping(id, &long, 4369, 40000), Code::OutOfRange),
         (mapping(id + 1, "10.244.1.8", 4369, 40000), Code::NotFound),
         (
             pb::AddMappingRequest {
@@ -300,12 +301,7 @@ async fn a_failed_kernel_change_is_not_recorded() {
         err.message()
     );
     f.fake.fail(false);
-    let sessions = client
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .sessions;
+    let sessions = sessions(&mut client).await;
     assert!(sessions[0].mappings.is_empty());
     client
         .add_mapping(mapping(id, "10.244.1.8", 4369, 40000))
@@ -363,4 +359,240 @@ async fn aliases_are_refused_when_switched_off() {
             .iter()
             .all(|c| !matches!(c, Call::AliasAdd(_)))
     );
+}
+
+#[tokio::test]
+async fn the_helper_starts_by_removing_what_a_previous_one_left() {
+    let f = start("aliases = true").await;
+    assert_eq!(f.fake.calls(), vec![Call::Reset, Call::AliasReset]);
+}
+
+#[tokio::test]
+async fn a_connection_over_the_cap_per_uid_is_told_which_key_to_raise() {
+    let f = start("max_sessions_per_uid = 1\nmax_connections_per_uid = 2").await;
+    let mut first = f.client().await;
+    let (id, _events) = open(&mut first).await;
+    let mut second = f.client().await;
+    second
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .expect("within the cap");
+
+    let mut third = f.client().await;
+    let err = third
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .expect_err("over the cap");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(
+        err.message()
+            .contains("max_connections_per_uid in helperd.toml"),
+        "{}",
+        err.message()
+    );
+    // The connections already served are never dropped to make room.
+    first
+        .add_mapping(mapping(id, "10.244.1.8", 4369, 40000))
+        .await
+        .expect("the first connection's session still works");
+
+    // A closed connection gives its place back.
+    drop(second);
+    let mut again = None;
+    for _ in 0..100 {
+        let mut client = f.client().await;
+        if client.who_am_i(pb::WhoAmIRequest {}).await.is_ok() {
+            again = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a place came free within 2 s");
+}
+
+#[tokio::test]
+async fn a_connection_over_the_total_cap_is_told_which_key_to_raise() {
+    let f =
+        start("max_sessions_per_uid = 1\nmax_connections_per_uid = 1\nmax_connections = 1").await;
+    let mut first = f.client().await;
+    first.who_am_i(pb::WhoAmIRequest {}).await.expect("served");
+    let err = f
+        .client()
+        .await
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .expect_err("over the cap");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    // As root, the cap per uid (1) is reached first; both messages name their key.
+    assert!(
+        err.message().contains("max_connections"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_but_a_session_keeps_its_own() {
+    let f = start("idle_timeout_seconds = 1").await;
+    let mut holder = f.client().await;
+    let (id, _events) = open(&mut holder).await;
+
+    // A connection that says nothing at all is closed.
+    let mut silent = tokio::net::UnixStream::connect(&f.socket)
+        .await
+        .expect("connect");
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        while silent.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the idle connection is still open after 10 s"
+    );
+
+    // The session's connection stayed: its session is still known on it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    holder
+        .add_mapping(mapping(id, "10.244.1.8", 4369, 40000))
+        .await
+        .expect("the session's connection is not idle");
+}
+
+#[tokio::test]
+async fn a_client_closed_for_idleness_reconnects_on_its_next_call() {
+    let f = start("idle_timeout_seconds = 1").await;
+    let mut client = f.client().await;
+    client.who_am_i(pb::WhoAmIRequest {}).await.expect("first");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    client
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .expect("the channel opens a new connection");
+}
+
+#[tokio::test]
+async fn a_failed_removal_leaves_the_mapping_and_says_so() {
+    let f = start("").await;
+    let mut client = f.client().await;
+    let (id, _events) = open(&mut client).await;
+    client
+        .add_mapping(mapping(id, "10.244.1.8", 4369, 40000))
+        .await
+        .expect("added");
+    f.fake.fail(true);
+    let remove = pb::RemoveMappingRequest {
+        session_id: id,
+        pod_ip: "10.244.1.8".into(),
+        pod_port: 4369,
+    };
+    let err = client
+        .remove_mapping(remove.clone())
+        .await
+        .expect_err("backend down");
+    assert_eq!(err.code(), Code::Internal);
+    assert!(
+        err.message().contains("still in place"),
+        "{}",
+        err.message()
+    );
+    assert!(!err.message().contains("nothing was added"));
+    let sessions = sessions(&mut client).await;
+    assert_eq!(sessions[0].mappings.len(), 1, "still recorded");
+    f.fake.fail(false);
+    client.remove_mapping(remove).await.expect("removed");
+    assert_eq!(f.fake.installed().expect("consistent").0.len(), 0);
+}
+
+#[tokio::test]
+async fn aliases_follow_the_same_rules_as_mappings() {
+    let f = start("aliases = true").await;
+    let ip: IpAddr = "10.244.1.8".parse().unwrap();
+    let mut client = f.client().await;
+    let (id, events) = open(&mut client).await;
+    let add = pb::AddAliasRequest {
+        session_id: id,
+        ip: ip.to_string(),
+    };
+    let release = pb::RemoveAliasRequest {
+        session_id: id,
+        ip: ip.to_string(),
+    };
+
+    // A failed addition adds nothing; a failed release keeps the hold.
+    f.fake.fail(true);
+    let err = client.add_alias(add.clone()).await.expect_err("down");
+    assert!(
+        err.message().contains("nothing was added"),
+        "{}",
+        err.message()
+    );
+    f.fake.fail(false);
+    client.add_alias(add.clone()).await.expect("held");
+    f.fake.fail(true);
+    let err = client
+        .remove_alias(release.clone())
+        .await
+        .expect_err("down");
+    assert!(
+        err.message().contains("still in place"),
+        "{}",
+        err.message()
+    );
+    f.fake.fail(false);
+    assert_eq!(
+        f.fake.installed().expect("consistent").1,
+        [ip].into_iter().collect()
+    );
+    let err = client
+        .add_alias(add.clone())
+        .await
+        .expect_err("held already");
+    assert_eq!(err.code(), Code::AlreadyExists);
+
+    // Another connection cannot release it.
+    let mut other = f.client().await;
+    let err = other
+        .remove_alias(release.clone())
+        .await
+        .expect_err("not its session");
+    assert_eq!(err.code(), Code::NotFound);
+
+    // The session's end takes it off.
+    drop(events);
+    f.eventually("the alias's removal", |calls| {
+        calls.contains(&Call::AliasRemove(ip))
+    })
+    .await;
+    assert!(f.fake.installed().expect("consistent").1.is_empty());
+}
+
+#[tokio::test]
+async fn a_helper_that_could_not_start_answers_every_call_with_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("helper.sock");
+    let listener = server::bind(&socket, None, false).expect("bind");
+    let status = crate::error::could_not_start(
+        "its config /etc/erlbridge/helperd.toml is invalid: `max_rules_per_uid`: must be at least 1",
+    );
+    tokio::spawn(server::refuse_every_call(
+        listener,
+        status,
+        std::future::pending(),
+    ));
+    for _ in 0..3 {
+        let mut client = erlbridge_proto::connect(&socket).await.expect("connect");
+        let err = client
+            .who_am_i(pb::WhoAmIRequest {})
+            .await
+            .expect_err("not started");
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert_eq!(
+            err.message(),
+            "the helper could not start: its config /etc/erlbridge/helperd.toml is invalid: \
+             `max_rules_per_uid`: must be at least 1; fix it, then run: sudo systemctl restart \
+             erlbridge-helperd"
+        );
+    }
 }

@@ -26,12 +26,36 @@ enum Cmd {
     /// Print the helper's WhoAmI answer.
     Whoami,
     /// Open a session, add mappings (POD_IP:PORT=LOCAL_PORT or =LOCAL_IP:PORT) and aliases,
-    /// print each outcome, then hold the session until killed.
+    /// print each outcome, then hold the session until killed. With --reconnect, a session the
+    /// helper ends (it restarted) is opened again and everything added again, as erlbridge
+    /// does.
     Hold {
         #[arg(long = "map")]
         maps: Vec<String>,
         #[arg(long = "alias")]
         aliases: Vec<String>,
+        #[arg(long)]
+        reconnect: bool,
+    },
+    /// Open CONNECTIONS connections, PARALLEL at a time, each held HOLD_MS; with --call each
+    /// makes one call first (whoami or list). Prints the count of each outcome.
+    Storm {
+        #[arg(long)]
+        connections: u32,
+        #[arg(long, default_value_t = 100)]
+        parallel: u32,
+        #[arg(long, default_value_t = 0)]
+        hold_ms: u64,
+        #[arg(long, value_enum)]
+        call: Option<StormCall>,
+    },
+    /// Open a session and add then remove a mapping, over and over, until the file UNTIL
+    /// exists; print how many cycles ran and every failure.
+    Churn {
+        #[arg(long)]
+        until: PathBuf,
+        #[arg(long, default_value = "10.244.9.9:4369")]
+        pod: String,
     },
     /// Print the sessions the helper shows this caller.
     Sessions,
@@ -56,6 +80,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1500)]
         timeout_ms: u64,
     },
+}
+
+/// The call each connection of a storm makes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StormCall {
+    Whoami,
+    List,
 }
 
 fn status_json(what: &str, status: &tonic::Status) -> serde_json::Value {
@@ -141,6 +172,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Cmd::Storm {
+            connections,
+            parallel,
+            hold_ms,
+            call,
+        } => storm(args.socket, connections, parallel, hold_ms, call).await,
         command => helper(args.socket, command).await,
     }
 }
@@ -149,13 +186,21 @@ async fn helper(socket: PathBuf, command: Cmd) -> anyhow::Result<ExitCode> {
     let mut client = erlbridge_proto::connect(socket).await?;
     match command {
         Cmd::Whoami => {
-            let r = client.who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
+            let r = match client.who_am_i(pb::WhoAmIRequest {}).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => {
+                    println!("{}", status_json("whoami", &status));
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
             let caller = r.caller.unwrap_or_default();
+            let policy = r.policy.unwrap_or_default();
             println!(
                 "{}",
                 json!({"uid": caller.uid, "gid": caller.gid, "groups": caller.groups,
                        "pid": caller.pid, "allowed": r.allowed, "refusal": r.refusal,
-                       "version": r.helper_version, "api_version": r.api_version})
+                       "version": r.helper_version, "api_version": r.api_version,
+                       "max_rules_per_uid": policy.max_rules_per_uid})
             );
         }
         Cmd::Sessions => {
@@ -180,48 +225,64 @@ async fn helper(socket: PathBuf, command: Cmd) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Cmd::Hold { maps, aliases } => {
-            let (id, mut events) = match open_session(&mut client, "helper-probe").await {
-                Ok(opened) => opened,
+        Cmd::Hold {
+            maps,
+            aliases,
+            reconnect,
+        } => {
+            let mut events = match hold(&mut client, &maps, &aliases).await {
+                Ok(events) => events,
                 Err(status) => {
                     println!("{}", status_json("open", &status));
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            println!("{}", json!({"session": id}));
-            for map in maps {
-                let (pod, local) = map.split_once('=').unwrap_or((&map, ""));
-                let (pod_ip, pod_port) = split_addr(pod);
-                let (local_ip, local_port) = match local.rsplit_once(':') {
-                    Some(_) => split_addr(local),
-                    None => (String::new(), local.parse().unwrap_or(0)),
-                };
-                let req = pb::AddMappingRequest {
-                    session_id: id,
-                    pod_ip,
-                    pod_port,
-                    local_port,
-                    local_ip,
-                };
-                match client.add_mapping(req).await {
-                    Ok(_) => println!("{}", json!({"request": map, "ok": true})),
-                    Err(status) => println!("{}", status_json(&map, &status)),
-                }
-            }
-            for ip in aliases {
-                match client
-                    .add_alias(pb::AddAliasRequest {
-                        session_id: id,
-                        ip: ip.clone(),
-                    })
-                    .await
-                {
-                    Ok(_) => println!("{}", json!({"request": ip, "ok": true})),
-                    Err(status) => println!("{}", status_json(&ip, &status)),
-                }
-            }
             println!("{}", json!({"ready": true}));
-            while events.next().await.is_some() {}
+            loop {
+                while events.next().await.is_some() {}
+                if !reconnect {
+                    break;
+                }
+                println!("{}", json!({"lost": true}));
+                // The channel reconnects by itself; retry until the helper is back.
+                events = loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Ok(events) = hold(&mut client, &maps, &aliases).await {
+                        break events;
+                    }
+                };
+                println!("{}", json!({"restored": true}));
+            }
+        }
+        Cmd::Churn { until, pod } => {
+            let (id, _events) = open_session(&mut client, "churn").await?;
+            let (pod_ip, pod_port) = split_addr(&pod);
+            let (mut cycles, mut failures) = (0u64, Vec::new());
+            while !until.exists() {
+                let add = client
+                    .add_mapping(pb::AddMappingRequest {
+                        session_id: id,
+                        pod_ip: pod_ip.clone(),
+                        pod_port,
+                        local_port: 40000,
+                        local_ip: String::new(),
+                    })
+                    .await;
+                let remove = client
+                    .remove_mapping(pb::RemoveMappingRequest {
+                        session_id: id,
+                        pod_ip: pod_ip.clone(),
+                        pod_port,
+                    })
+                    .await;
+                for (what, result) in [("add", add.err()), ("remove", remove.err())] {
+                    if let Some(status) = result {
+                        failures.push(status_json(what, &status));
+                    }
+                }
+                cycles += 1;
+            }
+            println!("{}", json!({"cycles": cycles, "failures": failures}));
         }
         Cmd::Flood {
             quota,
@@ -284,11 +345,136 @@ async fn helper(socket: PathBuf, command: Cmd) -> anyhow::Result<ExitCode> {
             println!("{}", json!({"ready": true}));
             while events.next().await.is_some() {}
         }
-        Cmd::Listen { .. } | Cmd::Connect { .. } | Cmd::Sink { .. } => {
+        Cmd::Listen { .. } | Cmd::Connect { .. } | Cmd::Sink { .. } | Cmd::Storm { .. } => {
             unreachable!("handled without the helper")
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens a session on `client` and adds `maps` (POD_IP:PORT=LOCAL_PORT or =LOCAL_IP:PORT) and
+/// `aliases` to it, printing each outcome; returns the session's stream.
+async fn hold(
+    client: &mut pb::helper_client::HelperClient<tonic::transport::Channel>,
+    maps: &[String],
+    aliases: &[String],
+) -> Result<tonic::Streaming<pb::SessionEvent>, tonic::Status> {
+    let (id, events) = open_session(client, "helper-probe").await?;
+    println!("{}", json!({"session": id}));
+    for map in maps {
+        let (pod, local) = map.split_once('=').unwrap_or((map, ""));
+        let (pod_ip, pod_port) = split_addr(pod);
+        let (local_ip, local_port) = match local.rsplit_once(':') {
+            Some(_) => split_addr(local),
+            None => (String::new(), local.parse().unwrap_or(0)),
+        };
+        let req = pb::AddMappingRequest {
+            session_id: id,
+            pod_ip,
+            pod_port,
+            local_port,
+            local_ip,
+        };
+        match client.add_mapping(req).await {
+            Ok(_) => println!("{}", json!({"request": map, "ok": true})),
+            Err(status) => println!("{}", status_json(map, &status)),
+        }
+    }
+    for ip in aliases {
+        let req = pb::AddAliasRequest {
+            session_id: id,
+            ip: ip.clone(),
+        };
+        match client.add_alias(req).await {
+            Ok(_) => println!("{}", json!({"request": ip, "ok": true})),
+            Err(status) => println!("{}", status_json(ip, &status)),
+        }
+    }
+    Ok(events)
+}
+
+/// Opens `connections` connections to the helper, `parallel` at a time, each held `hold_ms`
+/// (after one WhoAmI call with `call`), and prints how many ended which way: "Ok" or a gRPC
+/// code for calls, "held" for connections held without a call, "connect failed" when the
+/// connection could not be made.
+async fn storm(
+    socket: PathBuf,
+    connections: u32,
+    parallel: u32,
+    hold_ms: u64,
+    call: Option<StormCall>,
+) -> anyhow::Result<ExitCode> {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..parallel {
+        let (socket, next) = (socket.clone(), next.clone());
+        workers.spawn(async move {
+            let mut outcomes = std::collections::BTreeMap::<String, (u32, String)>::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < connections {
+                let (outcome, message) = attempt(&socket, hold_ms, call).await;
+                let entry = outcomes.entry(outcome).or_insert((0, message));
+                entry.0 += 1;
+            }
+            outcomes
+        });
+    }
+    let mut outcomes = std::collections::BTreeMap::<String, (u32, String)>::new();
+    while let Some(done) = workers.join_next().await {
+        for (outcome, (count, message)) in done? {
+            outcomes.entry(outcome).or_insert((0, message)).0 += count;
+        }
+    }
+    let counts: serde_json::Map<String, serde_json::Value> = outcomes
+        .iter()
+        .map(|(k, (n, _))| (k.clone(), json!(n)))
+        .collect();
+    let messages: serde_json::Map<String, serde_json::Value> = outcomes
+        .into_iter()
+        .map(|(k, (_, m))| (k, json!(m)))
+        .collect();
+    println!("{}", json!({"outcomes": counts, "messages": messages}));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One connection of a storm: its outcome and the message that came with it.
+async fn attempt(
+    socket: &std::path::Path,
+    hold_ms: u64,
+    call: Option<StormCall>,
+) -> (String, String) {
+    let hold = Duration::from_millis(hold_ms);
+    let Some(call) = call else {
+        return match tokio::net::UnixStream::connect(socket).await {
+            Ok(stream) => {
+                tokio::time::sleep(hold).await;
+                drop(stream);
+                ("held".into(), String::new())
+            }
+            Err(e) => ("connect failed".into(), e.to_string()),
+        };
+    };
+    let mut client = match erlbridge_proto::connect(socket).await {
+        Ok(client) => client,
+        Err(e) => {
+            return (
+                "connect failed".into(),
+                format!("{:#}", anyhow::Error::new(e)),
+            );
+        }
+    };
+    let answer = match call {
+        StormCall::Whoami => client.who_am_i(pb::WhoAmIRequest {}).await.map(drop),
+        StormCall::List => client
+            .list_sessions(pb::ListSessionsRequest {})
+            .await
+            .map(drop),
+    };
+    let outcome = match answer {
+        Ok(()) => ("Ok".into(), String::new()),
+        Err(status) => (format!("{:?}", status.code()), status.message().to_owned()),
+    };
+    tokio::time::sleep(hold).await;
+    outcome
 }
 
 /// "10.0.0.1:4369" or "[fd00::1]:4369" into address text and port.
