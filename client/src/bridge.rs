@@ -53,6 +53,10 @@ pub struct BridgedNode {
     pub epmd_port: u16,
     /// The node's distribution port.
     pub dist_port: u16,
+    /// Whether the pod's IP is on the loopback interface for this bridge (nat mode, on a host
+    /// with no route to the pod network).
+    #[serde(default)]
+    pub alias: bool,
 }
 
 /// What a bridged pod holds: its nodes, where each is reached locally, and per pod port its
@@ -62,6 +66,7 @@ pub struct Held {
     nodes: Vec<BridgedNode>,
     routes: Vec<Route>,
     forwards: Vec<(SocketAddr, Forward)>,
+    alias: Option<IpAddr>,
 }
 
 /// Why a pod could not be bridged.
@@ -375,7 +380,11 @@ impl Bridge {
             nodes: Vec::new(),
             routes: Vec::new(),
             forwards: Vec::new(),
+            alias: None,
         };
+        if self.reach.expose(pod.ip).await? {
+            held.alias = Some(pod.ip);
+        }
         for port in ports {
             let addr = SocketAddr::new(pod.ip, port);
             let added = async {
@@ -418,17 +427,23 @@ impl Bridge {
                 ip: pod.ip,
                 epmd_port: pod.epmd_port,
                 dist_port: node.port,
+                alias: held.alias.is_some(),
             });
         }
         Ok(held)
     }
 
-    /// Removes a pod's redirects; its forwards close when `held` is dropped.
+    /// Removes a pod's redirects and alias; its forwards close when `held` is dropped.
     async fn detach(&mut self, pod: &str, held: Held) -> Vec<BridgedNode> {
         for (addr, _) in &held.forwards {
             if let Err(e) = self.reach.unmap(*addr).await {
                 warn!(pod, %addr, error = %e, "could not remove a redirect");
             }
+        }
+        if let Some(ip) = held.alias
+            && let Err(e) = self.reach.unexpose(ip).await
+        {
+            warn!(pod, %ip, error = %e, "could not release a loopback alias");
         }
         held.nodes
     }
@@ -477,10 +492,17 @@ impl Bridge {
             return None;
         };
         let mut failed = None;
+        if let Some(ip) = held.alias
+            && let Err(e) = self.reach.realias(ip).await
+        {
+            failed = Some(e);
+        }
         for (addr, forward) in &held.forwards {
+            if failed.is_some() {
+                break;
+            }
             if let Err(e) = self.reach.map(*addr, forward.local.port()).await {
                 failed = Some(e);
-                break;
             }
         }
         *g = generation;

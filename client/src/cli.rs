@@ -32,6 +32,9 @@ pub mod exit {
     pub const HELPER_REFUSED: u8 = 8;
     /// The bridge was not ready within `--ready-timeout`.
     pub const READY_TIMEOUT: u8 = 9;
+    /// `--mode nat`: this host has no route to a pod and the helper may not add a loopback
+    /// alias for it.
+    pub const NO_ROUTE: u8 = 10;
 }
 
 const EXIT_CODES: &str = "\
@@ -45,7 +48,8 @@ Exit codes:
   6  Kubernetes API refused the credentials or their rights (401/403)
   7  erlbridge-helperd not running, or its socket not open to you
   8  erlbridge-helperd refused a request
-  9  not ready within --ready-timeout";
+  9  not ready within --ready-timeout
+ 10  --mode nat, and no route to the pods on this host nor a loopback alias allowed";
 
 /// erlbridge: connect local Erlang/Elixir nodes to the distributed Erlang nodes in Kubernetes
 /// pods, without sudo.

@@ -1,7 +1,9 @@
 //! The `doctor` subcommand: checks everything `erlbridge up` needs and, for each problem, says
 //! how to fix it. Exit code 0 only when every check passes.
 
-use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::authorization::v1::{
@@ -15,6 +17,7 @@ use crate::helper::{self, HelperError};
 use crate::k8s::ClusterOptions;
 use crate::output::{self, Event, Output, chain, say};
 use crate::reach::{Mode, ModeChoice};
+use crate::route;
 use crate::watch::PodWatch;
 
 /// One check's outcome.
@@ -72,7 +75,8 @@ fn in_group_database(uid: u32, gid: u32) -> bool {
         .is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
 }
 
-async fn helper_checks(socket: &Path) -> (Vec<Check>, Vec<String>) {
+/// The helper's checks, and its policy when it answered.
+async fn helper_checks(socket: &Path) -> (Vec<Check>, Option<erlbridge_proto::v1::Policy>) {
     let who = match helper::who_am_i(socket).await {
         Ok(who) => who,
         Err(e) => {
@@ -91,7 +95,7 @@ async fn helper_checks(socket: &Path) -> (Vec<Check>, Vec<String>) {
                     failed("allowed", unknown, "fix the helper check first"),
                     failed("nftables", unknown, "fix the helper check first"),
                 ],
-                Vec::new(),
+                None,
             );
         }
     };
@@ -148,7 +152,7 @@ async fn helper_checks(socket: &Path) -> (Vec<Check>, Vec<String>) {
     } else {
         checks.push(pass("nftables", who.nft_version.clone()));
     }
-    (checks, policy.allowed_cidrs)
+    (checks, Some(policy))
 }
 
 async fn kubernetes_checks(
@@ -267,46 +271,35 @@ async fn pod_ips(
         .collect())
 }
 
-/// Whether the kernel has a route to `ip` (a UDP connect looks the route up and sends nothing).
-fn has_route(ip: IpAddr) -> Result<(), std::io::Error> {
-    let bind: IpAddr = if ip.is_ipv4() {
-        Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    };
-    UdpSocket::bind((bind, 0))?.connect((ip, 9))
+/// The pod addresses to judge routes by: the target's pods, or without a target the first
+/// address of the first pod network the helper allows.
+fn route_probes(pod_ips: &[IpAddr], allowed: &[IpNet]) -> Vec<IpAddr> {
+    if !pod_ips.is_empty() {
+        return pod_ips.to_vec();
+    }
+    allowed
+        .iter()
+        .find_map(|net| match net {
+            IpNet::V4(v4) => Some(IpAddr::V4(Ipv4Addr::from(u32::from(v4.network()) | 1))),
+            IpNet::V6(_) => None,
+        })
+        .into_iter()
+        .collect()
 }
 
-fn route_check(pod_ips: &[IpAddr], cidrs: &[String]) -> Check {
-    let probes: Vec<IpAddr> = if pod_ips.is_empty() {
-        // Without a target: the first address of the first pod network the helper allows.
-        cidrs
-            .iter()
-            .filter_map(|c| c.split('/').next()?.parse::<Ipv4Addr>().ok())
-            .map(|a| IpAddr::V4(Ipv4Addr::from(u32::from(a) | 1)))
-            .take(1)
-            .collect()
-    } else {
-        pod_ips.to_vec()
-    };
-    let missing: Vec<String> = probes
+/// The route toward each pod address and what `up` does about it in nat mode.
+fn route_check(probes: &[IpAddr], aliases: bool) -> Check {
+    let said: Vec<String> = probes
         .iter()
-        .filter(|ip| has_route(**ip).is_err())
-        .map(ToString::to_string)
+        .map(|ip| match (route::needs_alias(*ip), aliases) {
+            (false, _) => format!("{ip}: routed"),
+            (true, true) => {
+                format!("{ip}: no route; up puts it on lo for the bridge (a loopback alias)")
+            }
+            (true, false) => format!("{ip}: no route"),
+        })
         .collect();
-    if missing.is_empty() {
-        let shown: Vec<String> = probes.iter().map(ToString::to_string).collect();
-        pass(
-            "route",
-            format!("a route exists toward {}", shown.join(", ")),
-        )
-    } else {
-        failed(
-            "route",
-            format!("no route toward {}", missing.join(", ")),
-            "connect() needs a route to the pod network before erlbridge's redirect can act; a default route is enough (ip route add default via <gateway>)",
-        )
-    }
+    pass("route", said.join("; "))
 }
 
 fn erlang_check() -> Check {
@@ -328,56 +321,75 @@ fn erlang_check() -> Check {
     }
 }
 
-/// Which way `erlbridge up` would reach the pods, and why: with auto, nat when every helper
-/// check passes.
-fn mode_check(choice: ModeChoice, helper: &[Check]) -> (Mode, Check) {
-    let refusal = helper.iter().find(|c| !c.ok).map(|c| c.detail.clone());
-    let epmd = "local nodes must be started with erlbridge's epmd module (erlbridge up prints \
-                the flags and sets them for -- CMD and remsh)";
-    match (choice, refusal) {
-        (ModeChoice::Nat, _) => (
-            Mode::Nat,
-            pass("mode", "nat (--mode nat): through erlbridge-helperd"),
-        ),
-        (ModeChoice::Epmd, _) => (
-            Mode::Epmd,
-            pass("mode", format!("epmd (--mode epmd): {epmd}")),
-        ),
-        (ModeChoice::Auto, None) => (
-            Mode::Nat,
-            pass(
-                "mode",
-                "nat: erlbridge-helperd answers and lets you in, so any local node reaches the pods",
-            ),
-        ),
-        (ModeChoice::Auto, Some(why)) => (
-            Mode::Epmd,
-            pass(
-                "mode",
-                format!("epmd, because erlbridge-helperd cannot be used ({why}): {epmd}"),
-            ),
-        ),
-    }
-}
-
-/// Runs every check that applies to the mode `erlbridge up` would use.
+/// Runs every check that applies to the mode `erlbridge up` would use, which the same
+/// decision as `up`'s picks ([`route::decide`]).
 pub async fn checks(
     socket: &Path,
     cluster: &ClusterOptions,
     target: Option<&Target>,
     choice: ModeChoice,
 ) -> Vec<Check> {
-    let ((helper, cidrs), (kube, pod_ips)) =
+    let ((helper, policy), (kube, pod_ips)) =
         tokio::join!(helper_checks(socket), kubernetes_checks(cluster, target));
-    let (mode, mode_check) = mode_check(choice, &helper);
+    let refusal = helper.iter().find(|c| !c.ok).map(|c| c.detail.clone());
+    let allowed: Vec<IpNet> = policy
+        .iter()
+        .flat_map(|p| p.allowed_cidrs.iter())
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let aliases = policy.as_ref().is_some_and(|p| p.aliases);
+    let probes = route_probes(&pod_ips, &allowed);
+    let unrouted: Vec<IpAddr> = probes
+        .iter()
+        .copied()
+        .filter(|ip| route::needs_alias(*ip))
+        .collect();
+    let view = match &refusal {
+        Some(why) => Err(why.as_str()),
+        None => Ok(aliases),
+    };
+    let decision = route::decide(choice, view, &unrouted, &allowed);
+    let epmd = "local nodes must be started with erlbridge's epmd module (erlbridge up prints \
+                the flags and sets them for -- CMD and remsh)";
+    let (mode, mode_check) = match (&decision, choice) {
+        (Err(_), _) | (Ok(_), ModeChoice::Nat) => (
+            Mode::Nat,
+            pass("mode", "nat (--mode nat): through erlbridge-helperd"),
+        ),
+        (Ok(d), ModeChoice::Epmd) => (d.mode, pass("mode", format!("epmd (--mode epmd): {epmd}"))),
+        (Ok(d), ModeChoice::Auto) => match &d.why {
+            None => (
+                d.mode,
+                pass(
+                    "mode",
+                    "nat: erlbridge-helperd answers and lets you in, so any local node reaches the pods",
+                ),
+            ),
+            Some(why) => (d.mode, pass("mode", format!("epmd, because {why}: {epmd}"))),
+        },
+    };
     let mut checks = vec![mode_check];
     // The epmd mode needs neither the helper nor a route to the pod network.
     if mode == Mode::Nat {
         checks.extend(helper);
     }
     checks.extend(kube);
-    if mode == Mode::Nat {
-        checks.push(route_check(&pod_ips, &cidrs));
+    match decision {
+        Err(no_route) => checks.push(failed(
+            "route",
+            format!(
+                "no route to {}",
+                no_route
+                    .ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            no_route.to_string(),
+        )),
+        Ok(_) if mode == Mode::Nat => checks.push(route_check(&probes, aliases)),
+        Ok(_) => {}
     }
     checks.push(erlang_check());
     checks

@@ -2,7 +2,7 @@
 //! long as this process holds it; mappings added to it vanish with it, however the process
 //! ends.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use erlbridge_proto::v1 as pb;
@@ -35,6 +35,13 @@ pub enum HelperError {
     NoAccess {
         /// The socket.
         socket: PathBuf,
+    },
+    /// The helper runs but could not start (an invalid configuration, say); its message says
+    /// what to fix and how to bring it back.
+    #[error("{message} (see journalctl -u erlbridge-helperd)")]
+    NotStarted {
+        /// The helper's own words.
+        message: String,
     },
     /// The helper said no.
     #[error("erlbridge-helperd refused {what}: {message}")]
@@ -92,6 +99,17 @@ pub async fn connect(
         })
 }
 
+/// What a failed call that asks nothing of the policy means: a helper that could not start,
+/// or one that is not there.
+fn failed_call(socket: &Path, status: &tonic::Status) -> HelperError {
+    if status.code() == tonic::Code::FailedPrecondition {
+        return HelperError::NotStarted {
+            message: status.message().to_owned(),
+        };
+    }
+    unreachable(socket, status.message())
+}
+
 /// The helper's view of this process, its version and its policy.
 pub async fn who_am_i(socket: &Path) -> Result<pb::WhoAmIResponse, HelperError> {
     let mut client = connect(socket).await?;
@@ -99,7 +117,7 @@ pub async fn who_am_i(socket: &Path) -> Result<pb::WhoAmIResponse, HelperError> 
         .who_am_i(pb::WhoAmIRequest {})
         .await
         .map(tonic::Response::into_inner)
-        .map_err(|status| unreachable(socket, status.message()))
+        .map_err(|status| failed_call(socket, &status))
 }
 
 /// This user's live sessions (every session, for root).
@@ -109,7 +127,7 @@ pub async fn sessions(socket: &Path) -> Result<Vec<pb::SessionInfo>, HelperError
         .list_sessions(pb::ListSessionsRequest {})
         .await
         .map(|r| r.into_inner().sessions)
-        .map_err(|status| unreachable(socket, status.message()))
+        .map_err(|status| failed_call(socket, &status))
 }
 
 impl Session {
@@ -123,8 +141,13 @@ impl Session {
             .await;
         let mut events = match open {
             Ok(response) => response.into_inner(),
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                return Err(unreachable(socket, status.message()));
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::FailedPrecondition
+                ) =>
+            {
+                return Err(failed_call(socket, &status));
             }
             Err(status) => return Err(refused("a session", status)),
         };
@@ -166,6 +189,39 @@ impl Session {
             .map_err(|status| refused(format!("removing the mapping for {pod}"), status))
     }
 
+    /// Puts `ip` on the loopback interface for this session (so connect() finds a route).
+    pub async fn alias(&mut self, ip: IpAddr) -> Result<(), HelperError> {
+        self.client
+            .add_alias(pb::AddAliasRequest {
+                session_id: self.id,
+                ip: ip.to_string(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|status| refused(format!("a loopback alias for {ip}"), status))
+    }
+
+    /// Releases this session's alias of `ip`.
+    pub async fn unalias(&mut self, ip: IpAddr) -> Result<(), HelperError> {
+        self.client
+            .remove_alias(pb::RemoveAliasRequest {
+                session_id: self.id,
+                ip: ip.to_string(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|status| refused(format!("removing the loopback alias {ip}"), status))
+    }
+
+    /// The policy the helper applies (on this session's connection).
+    pub async fn policy(&mut self) -> Result<pb::Policy, HelperError> {
+        self.client
+            .who_am_i(pb::WhoAmIRequest {})
+            .await
+            .map(|r| r.into_inner().policy.unwrap_or_default())
+            .map_err(|status| refused("telling its policy", status))
+    }
+
     /// Completes when the helper ends the session (it stopped, restarted, or dropped us).
     pub async fn ended(&mut self) {
         while let Ok(Some(_)) = self.events.message().await {}
@@ -180,17 +236,27 @@ pub struct Link {
     label: String,
     session: Option<Session>,
     generation: u64,
+    policy: pb::Policy,
 }
 
 impl Link {
-    /// Opens the first session; failing here is reported, not retried.
+    /// Opens the first session and learns the helper's policy; failing here is reported, not
+    /// retried.
     pub async fn open(socket: &Path, label: &str) -> Result<Link, HelperError> {
+        let mut session = Session::open(socket, label).await?;
+        let policy = session.policy().await?;
         Ok(Link {
-            session: Some(Session::open(socket, label).await?),
+            session: Some(session),
             socket: socket.to_owned(),
             label: label.to_owned(),
             generation: 1,
+            policy,
         })
+    }
+
+    /// The helper's policy, as it said when the live (or last) session opened.
+    pub fn policy(&self) -> &pb::Policy {
+        &self.policy
     }
 
     /// The live (or last) session's generation.
@@ -220,6 +286,23 @@ impl Link {
         }
     }
 
+    /// Puts `ip` on the loopback interface in the live session (the next session's plan adds
+    /// it again).
+    pub async fn alias(&mut self, ip: IpAddr) -> Result<(), HelperError> {
+        match &mut self.session {
+            Some(session) => session.alias(ip).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Releases the live session's alias of `ip`.
+    pub async fn unalias(&mut self, ip: IpAddr) -> Result<(), HelperError> {
+        match &mut self.session {
+            Some(session) => session.unalias(ip).await,
+            None => Ok(()),
+        }
+    }
+
     /// Completes when the live session ends (never, while there is none).
     pub async fn ended(&mut self) {
         match &mut self.session {
@@ -229,9 +312,11 @@ impl Link {
         self.session = None;
     }
 
-    /// Opens a new session, of the next generation.
+    /// Opens a new session, of the next generation (the helper's policy may have changed).
     pub async fn reopen(&mut self) -> Result<(), HelperError> {
-        self.session = Some(Session::open(&self.socket, &self.label).await?);
+        let mut session = Session::open(&self.socket, &self.label).await?;
+        self.policy = session.policy().await?;
+        self.session = Some(session);
         self.generation += 1;
         Ok(())
     }

@@ -25,6 +25,7 @@ pub mod output;
 pub mod reach;
 pub mod reconcile;
 pub mod remsh;
+pub mod route;
 pub mod runtime;
 pub mod status;
 pub mod up;

@@ -341,6 +341,7 @@ mod tests {
             ip: "10.244.1.8".parse().unwrap(),
             epmd_port: 4369,
             dist_port: 9100,
+            alias: false,
         };
         let ready = Event::Ready {
             nodes: vec![node.clone()],
@@ -353,7 +354,7 @@ mod tests {
             json,
             serde_json::json!({"event": "ready", "inetrc": null, "nodes": [{
                 "node": "app@10.244.1.8", "pod": "app-0", "namespace": "default",
-                "ip": "10.244.1.8", "epmd_port": 4369, "dist_port": 9100}],
+                "ip": "10.244.1.8", "epmd_port": 4369, "dist_port": 9100, "alias": false}],
                 "mode": "epmd", "erl_flags": "-pa /d -epmd_module erlbridge_epmd -hidden"})
         );
         for (event, text) in [

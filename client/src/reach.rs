@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::helper::{HelperError, Link};
 use crate::inetrc::{self, InetrcError};
+use crate::route::{self, NoRoute};
 use crate::runtime::RuntimeDir;
 
 /// The epmd module, compiled (`scripts/build-epmd-module` rebuilds it from
@@ -83,6 +84,9 @@ pub enum ReachError {
     /// The ERL_INETRC file could not be written.
     #[error(transparent)]
     Inetrc(#[from] InetrcError),
+    /// The host has no route to a pod and the helper may not alias it.
+    #[error(transparent)]
+    NoRoute(#[from] NoRoute),
     /// The epmd module or its map could not be written.
     #[error("cannot write the epmd module's files in {dir}")]
     Module {
@@ -209,6 +213,46 @@ impl Reach {
     pub async fn map(&mut self, pod: SocketAddr, local_port: u16) -> Result<(), ReachError> {
         match &mut self.way {
             Way::Nat { helper, .. } => Ok(helper.map(pod, local_port).await?),
+            Way::Epmd => Ok(()),
+        }
+    }
+
+    /// Makes `ip` connectable for this user's connections: in nat mode, where the host has no
+    /// route to it, the helper puts it on the loopback interface for this session (the
+    /// uid-scoped redirect still decides where a connection goes: another user's connect to
+    /// it is refused, not redirected). Returns whether it did.
+    pub async fn expose(&mut self, ip: IpAddr) -> Result<bool, ReachError> {
+        let Way::Nat { helper, .. } = &mut self.way else {
+            return Ok(false);
+        };
+        if !route::needs_alias(ip) {
+            return Ok(false);
+        }
+        if !helper.policy().aliases {
+            let allowed: Vec<ipnet::IpNet> = helper
+                .policy()
+                .allowed_cidrs
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect();
+            return Err(route::no_route(&[ip], &allowed).into());
+        }
+        helper.alias(ip).await?;
+        Ok(true)
+    }
+
+    /// Adds the alias of `ip` to the current helper session again (after a restart).
+    pub async fn realias(&mut self, ip: IpAddr) -> Result<(), ReachError> {
+        match &mut self.way {
+            Way::Nat { helper, .. } => Ok(helper.alias(ip).await?),
+            Way::Epmd => Ok(()),
+        }
+    }
+
+    /// Releases the alias of `ip`.
+    pub async fn unexpose(&mut self, ip: IpAddr) -> Result<(), ReachError> {
+        match &mut self.way {
+            Way::Nat { helper, .. } => Ok(helper.unalias(ip).await?),
             Way::Epmd => Ok(()),
         }
     }

@@ -3,6 +3,7 @@
 //! [`Failure`] with the exit code `cli::exit` documents, and leaves nothing behind (the helper
 //! session's end removes the rules).
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -18,7 +19,8 @@ use crate::forward::ForwardError;
 use crate::helper::{HelperError, Link};
 use crate::k8s::K8sError;
 use crate::output::{self, Event, Failure, Output};
-use crate::reach::{ModeChoice, Reach, ReachError};
+use crate::reach::{Mode, ModeChoice, Reach, ReachError};
+use crate::route;
 use crate::runtime::{RuntimeDir, RuntimeError};
 use crate::watch::PodWatch;
 
@@ -80,6 +82,7 @@ pub fn classify(e: &UpError) -> (u8, &'static str) {
         | UpError::Runtime(_) => (exit::OTHER, "local"),
         UpError::Bridge(BridgeError::Reach(e)) | UpError::Reach(e) => match e {
             ReachError::Helper(e) => helper(e),
+            ReachError::NoRoute(_) => (exit::NO_ROUTE, "no_route"),
             ReachError::Inetrc(_) | ReachError::Module { .. } => (exit::OTHER, "local"),
         },
         UpError::Helper(e) => helper(e),
@@ -104,20 +107,46 @@ pub(crate) struct Up {
     pub(crate) fallback: Option<String>,
 }
 
-/// The way to reach the pods `--mode` asks for; with auto, nat when the helper lets this user
-/// open a session, else epmd and the reason.
-async fn reach(args: &BridgeArgs, label: &str) -> Result<(Reach, Option<String>), UpError> {
+/// The way to reach pods at `pod_ips` that `--mode` asks for ([`route::decide`]); with auto,
+/// nat when the helper lets this user open a session and can make every pod connectable,
+/// else epmd and the reason.
+async fn reach(
+    args: &BridgeArgs,
+    label: &str,
+    pod_ips: &[IpAddr],
+) -> Result<(Reach, Option<String>), UpError> {
     let dir = RuntimeDir::create()?;
-    Ok(match args.mode {
-        ModeChoice::Nat => (
-            Reach::nat(dir, Link::open(&args.helper_socket, label).await?),
-            None,
+    let link = match args.mode {
+        ModeChoice::Epmd => None,
+        ModeChoice::Nat => Some(Ok(Link::open(&args.helper_socket, label).await?)),
+        ModeChoice::Auto => Some(
+            Link::open(&args.helper_socket, label)
+                .await
+                .map_err(|e| fallback_reason(&e)),
         ),
-        ModeChoice::Epmd => (Reach::epmd(dir)?, None),
-        ModeChoice::Auto => match Link::open(&args.helper_socket, label).await {
-            Ok(link) => (Reach::nat(dir, link), None),
-            Err(e) => (Reach::epmd(dir)?, Some(fallback_reason(&e))),
-        },
+    };
+    let unrouted: Vec<IpAddr> = pod_ips
+        .iter()
+        .copied()
+        .filter(|ip| route::needs_alias(*ip))
+        .collect();
+    let (view, allowed) = match &link {
+        Some(Ok(link)) => (
+            Ok(link.policy().aliases),
+            link.policy()
+                .allowed_cidrs
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+        ),
+        Some(Err(why)) => (Err(why.as_str()), Vec::new()),
+        None => (Err("--mode epmd"), Vec::new()),
+    };
+    let decision = route::decide(args.mode, view, &unrouted, &allowed).map_err(ReachError::from)?;
+    Ok(match (decision.mode, link) {
+        (Mode::Nat, Some(Ok(link))) => (Reach::nat(dir, link), None),
+        // The link, if any, closes here: epmd mode never uses the helper.
+        _ => (Reach::epmd(dir)?, decision.why),
     })
 }
 
@@ -138,7 +167,7 @@ fn fallback_reason(e: &HelperError) -> String {
                 socket.display()
             )
         }
-        HelperError::Refused { .. } => e.to_string(),
+        HelperError::Refused { .. } | HelperError::NotStarted { .. } => e.to_string(),
     }
 }
 
@@ -156,7 +185,8 @@ async fn up(args: &BridgeArgs) -> Result<Up, UpError> {
     let ready: Vec<_> = snapshot.into_values().filter_map(Result::ok).collect();
     let cookie =
         crate::cookie::find(&client, &namespace, args.cookie_from.as_ref(), &ready).await?;
-    let (reach, fallback) = reach(args, &format!("erlbridge up {target}")).await?;
+    let ips: Vec<IpAddr> = ready.iter().map(|p| p.ip).collect();
+    let (reach, fallback) = reach(args, &format!("erlbridge up {target}"), &ips).await?;
     let bridge = Bridge::up(client, &namespace, watch, reach).await?;
     Ok(Up {
         bridge,

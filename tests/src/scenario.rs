@@ -26,8 +26,13 @@ pub struct Scenario {
 impl Scenario {
     /// Builds everything; `uid` names the user (tests running side by side use different ones).
     pub fn start(manifest: &str, uid: u32) -> Scenario {
+        Scenario::start_with_helper_config(manifest, uid, "")
+    }
+
+    /// The same, with `config` lines added to the helper's configuration.
+    pub fn start_with_helper_config(manifest: &str, uid: u32, config: &str) -> Scenario {
         let mut s = Scenario::start_without_helper(manifest, uid);
-        s.helperd = Some(Helperd::start(&s.ws, &s.bins, "").expect("helperd"));
+        s.helperd = Some(Helperd::start(&s.ws, &s.bins, config).expect("helperd"));
         s
     }
 

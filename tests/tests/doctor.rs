@@ -118,7 +118,7 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
     );
     assert!(
         text(&checks, "mode", "detail")
-            .starts_with("epmd, because erlbridge-helperd cannot be used"),
+            .starts_with("epmd, because you may not use erlbridge-helperd's socket"),
         "{checks:?}"
     );
     assert!(
@@ -165,16 +165,28 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
     );
     assert!(text(&checks, "rbac", "fix").contains("Role"), "{checks:?}");
 
-    // No route toward the pods.
+    // No route toward the pods, and the helper's aliases off: auto would use the epmd mode,
+    // nat cannot work and says how to fix it.
     s.ws.set_default_route(false).expect("route");
     let (code, checks) = doctor(&s, &user, &kubeconfig);
+    assert_eq!(
+        (code, failing(&checks)),
+        (0, Vec::<String>::new()),
+        "{checks:?}"
+    );
+    assert!(
+        text(&checks, "mode", "detail").starts_with("epmd, because no route to"),
+        "{checks:?}"
+    );
+    let (code, checks) = doctor_for(&s, &user, &kubeconfig, "nat");
     assert_eq!(
         (code, failing(&checks)),
         (1, vec!["route".to_owned()]),
         "{checks:?}"
     );
     assert!(
-        text(&checks, "route", "fix").contains("default route"),
+        text(&checks, "route", "fix").contains("add a route toward 10.0.0.0/8")
+            && text(&checks, "route", "fix").contains("aliases = true"),
         "{checks:?}"
     );
     s.ws.set_default_route(true).expect("route");

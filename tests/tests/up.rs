@@ -61,6 +61,7 @@ fn up_a_pod_then_a_local_node_reaches_it_and_the_rules_go_with_the_client() {
             ip: ip.parse().expect("ip"),
             epmd_port: 4369,
             dist_port: 9100,
+            alias: false,
         }]
     );
     assert_eq!(

@@ -24,6 +24,17 @@ pub fn ready(ready: &Ready, cookie: Option<&str>, show_cookie: bool) -> String {
             n.node, n.namespace, n.pod, n.ip, n.epmd_port, n.dist_port
         ));
     }
+    let mut aliased: Vec<String> = ready
+        .nodes
+        .iter()
+        .filter(|n| n.alias)
+        .map(|n| n.ip.to_string())
+        .collect();
+    aliased.dedup();
+    if !aliased.is_empty() {
+        text.push_str(&alias_line(&aliased));
+        text.push('\n');
+    }
     let Some(first) = ready.nodes.first() else {
         return text;
     };
@@ -79,6 +90,16 @@ pub fn ready(ready: &Ready, cookie: Option<&str>, show_cookie: bool) -> String {
     text
 }
 
+/// What a loopback alias means, in one line.
+fn alias_line(ips: &[String]) -> String {
+    let ips = ips.join(", ");
+    format!(
+        "erlbridge: this host has no route to {ips}, so erlbridge-helperd put it on lo for this \
+         bridge (your connections are redirected, other users' are refused); it stays until the \
+         bridge ends, even if a route appears"
+    )
+}
+
 fn names(nodes: &[BridgedNode]) -> String {
     nodes
         .iter()
@@ -87,16 +108,28 @@ fn names(nodes: &[BridgedNode]) -> String {
         .join(", ")
 }
 
+fn alias_note(nodes: &[BridgedNode]) -> String {
+    match nodes.iter().find(|n| n.alias) {
+        Some(n) => format!(" ({} is on lo for this bridge: no route to it here)", n.ip),
+        None => String::new(),
+    }
+}
+
 /// One line for a change the bridge made while up.
 pub fn change(change: &Change) -> String {
     match change {
         Change::PodAdded { pod, nodes } => {
-            format!("erlbridge: pod {pod} added; bridged {}", names(nodes))
+            format!(
+                "erlbridge: pod {pod} added; bridged {}{}",
+                names(nodes),
+                alias_note(nodes)
+            )
         }
         Change::PodChanged { pod, nodes } => format!(
-            "erlbridge: pod {pod} came back at {}; bridged {}",
+            "erlbridge: pod {pod} came back at {}; bridged {}{}",
             nodes.first().map(|n| n.ip.to_string()).unwrap_or_default(),
-            names(nodes)
+            names(nodes),
+            alias_note(nodes)
         ),
         Change::PodRemoved { pod, nodes } => format!(
             "erlbridge: pod {pod} is gone; {} no longer bridged",
