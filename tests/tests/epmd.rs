@@ -228,11 +228,10 @@ fn a_running_local_node_follows_a_pod_back_at_a_new_ip() {
     let _keeper = s.ws.spawn_as(&s.user, &argv).expect("keeper");
     let on_keeper = |s: &Scenario, expr: &str| {
         let with: Vec<&str> = with.iter().map(String::as_str).collect();
-        s.local(
-            COOKIE,
-            &format!("erpc:call('keeper@127.0.0.1', fun() -> {expr} end)"),
-            &with,
-        )
+        let call = format!("erpc:call('keeper@127.0.0.1', fun() -> {expr} end)");
+        // Not up yet, or the pod not reachable yet: an error, tried again by the callers.
+        s.ws.erl_eval(&s.user, COOKIE, &call, &with)
+            .unwrap_or_else(|e| e.to_string())
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while on_keeper(&s, "ok") != "ok" {
