@@ -15,8 +15,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{debug, info, info_span, warn};
@@ -27,6 +25,7 @@ use futures::future::BoxFuture;
 use crate::discover::PodInfo;
 use crate::epmd::{self, AskError, Malformed};
 use crate::forward::{self, Forward, ForwardError};
+use crate::k8s::Kube;
 use crate::reach::{Mode, Reach, ReachError, Route};
 use crate::reconcile::{Action, PodState, next_retry, plan};
 use crate::watch::PodWatch;
@@ -151,7 +150,7 @@ pub struct Bridge {
     pods: BTreeMap<String, PodState<Held>>,
     watch: PodWatch,
     reach: Reach,
-    api: Api<Pod>,
+    kube: Kube,
     failures: (
         UnboundedSender<forward::Failed>,
         UnboundedReceiver<forward::Failed>,
@@ -162,12 +161,7 @@ pub struct Bridge {
 impl Bridge {
     /// Bridges every ready pod of the watch's first snapshot; returns once each is reachable.
     /// A pod that cannot be bridged fails the whole bridge, which then leaves nothing behind.
-    pub async fn up(
-        client: kube::Client,
-        namespace: &str,
-        watch: PodWatch,
-        reach: Reach,
-    ) -> Result<Bridge, BridgeError> {
+    pub async fn up(kube: Kube, watch: PodWatch, reach: Reach) -> Result<Bridge, BridgeError> {
         let snapshot = watch.snapshot();
         let mut bridge = Bridge {
             pods: BTreeMap::new(),
@@ -177,7 +171,7 @@ impl Bridge {
                 .collect(),
             watch,
             reach,
-            api: Api::namespaced(client, namespace),
+            kube,
             failures: unbounded_channel(),
         };
         let generation = bridge.reach.generation();
@@ -208,6 +202,11 @@ impl Bridge {
             erl_flags: self.reach.erl_flags(),
             skipped: self.skipped.clone(),
         }
+    }
+
+    /// The private runtime directory (for files local nodes read).
+    pub fn runtime_dir(&self) -> &std::path::Path {
+        self.reach.dir()
     }
 
     /// Every bridged node, by pod name.
@@ -289,7 +288,11 @@ impl Bridge {
         let mut changes = Vec::new();
         let touched = !actions.is_empty();
         for action in actions {
-            let span = info_span!("heal", ?action);
+            let pod = match &action {
+                Action::Bridge(info) | Action::Rebridge(info) => info.name.clone(),
+                Action::Drop(name) | Action::Remap(name) => name.clone(),
+            };
+            let span = info_span!("heal", %pod);
             let _guard = span.enter();
             match action {
                 Action::Bridge(info) => {
@@ -354,7 +357,7 @@ impl Bridge {
     /// Asks the pod's epmd for its nodes, opens their forwards and makes them reachable. On
     /// failure nothing of it stays.
     async fn attach(&mut self, pod: &PodInfo) -> Result<Held, BridgeError> {
-        let registered = ask(&self.api, pod, |s| epmd::names(s).boxed()).await?;
+        let registered = ask(&self.kube, pod, |s| epmd::names(s).boxed()).await?;
         if registered.is_empty() {
             return Err(no_epmd(pod, AskError::NoNodes));
         }
@@ -362,7 +365,7 @@ impl Bridge {
         for node in &registered {
             versions.push(if self.reach.needs_versions() {
                 let alive = node.name.clone();
-                let port = ask(&self.api, pod, move |s| {
+                let port = ask(&self.kube, pod, move |s| {
                     async move { epmd::port_please(s, &alive).await }.boxed()
                 })
                 .await?;
@@ -389,7 +392,7 @@ impl Bridge {
             let addr = SocketAddr::new(pod.ip, port);
             let added = async {
                 let forward = forward::listen(
-                    self.api.clone(),
+                    self.kube.clone(),
                     pod.name.clone(),
                     port,
                     self.failures.0.clone(),
@@ -556,8 +559,8 @@ fn no_epmd(pod: &PodInfo, source: AskError) -> BridgeError {
 }
 
 /// What `query` reads from the pod's epmd, asked through a port-forward of its own.
-async fn ask<T>(
-    pods: &Api<Pod>,
+pub async fn ask<T>(
+    kube: &Kube,
     pod: &PodInfo,
     query: impl for<'s> FnOnce(
         &'s mut tokio::io::DuplexStream,
@@ -567,14 +570,17 @@ async fn ask<T>(
         let forward::Opened {
             io: mut stream,
             refused,
-        } = forward::open_with_retries(pods, &pod.name, pod.epmd_port).await?;
+        } = forward::open_with_retries(kube, &pod.name, pod.epmd_port).await?;
         tokio::select! {
             answer = query(&mut stream) => match answer {
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(malformed)) => Err(no_epmd(pod, malformed.into())),
                 Err(e) => Err(no_epmd(pod, e.into())),
             },
-            Some(message) = refused => Err(no_epmd(pod, AskError::Refused(message))),
+            Some(message) = refused => {
+                debug!(pod = %pod.name, %message, "the pod refused its epmd port");
+                Err(no_epmd(pod, AskError::Refused))
+            }
         }
     };
     match tokio::time::timeout(EPMD_TIMEOUT, asked).await {

@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cookie::CookieSource;
 use crate::discover::{NodeHost, Target};
-use crate::k8s::ClusterOptions;
+use crate::k8s::{ClusterOptions, RequestTimeout};
 use crate::output::Output;
 use crate::reach::ModeChoice;
 
@@ -117,9 +117,13 @@ pub struct StatusArgs {
 /// `erlbridge doctor`.
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// A target whose pods the route check uses (POD, sts/NAME, ...); optional.
+    /// A target to check as `up` would bridge it (POD, sts/NAME, ...): it exists and is Ready,
+    /// its pods' epmd answers, the helper's policy takes their IPs, and the route to them.
     #[arg(value_parser = clap::value_parser!(Target))]
     pub target: Option<Target>,
+    /// The host part of node names, as `up` takes it.
+    #[arg(long, value_enum)]
+    pub node_host: Option<NodeHost>,
     /// Where the cluster is.
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -147,6 +151,10 @@ pub struct ClusterArgs {
     /// The kubeconfig file (default: KUBECONFIG, then ~/.kube/config, then in-cluster).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// How long connecting to the API server and each request may take, as kubectl's flag:
+    /// 10s, 2m, 1h, or 0 for no bound. Watches and port-forwards stay open as long as needed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = clap::value_parser!(RequestTimeout))]
+    pub request_timeout: RequestTimeout,
 }
 
 impl ClusterArgs {
@@ -156,6 +164,7 @@ impl ClusterArgs {
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
             namespace: self.namespace.clone(),
+            request_timeout: self.request_timeout.0,
         }
     }
 }
@@ -198,9 +207,14 @@ pub struct BridgeArgs {
     /// Write the cookie to this file, readable by you only (mode 0600).
     #[arg(long, value_name = "PATH")]
     pub cookie_file: Option<PathBuf>,
-    /// Fail (exit code 9) when the bridge is not ready within this many seconds.
+    /// Wait up to this many seconds for the target to exist and be Ready, then fail (exit
+    /// code 9) if the bridge is not ready by then.
     #[arg(long, value_name = "SECONDS")]
     pub ready_timeout: Option<u64>,
+    /// The local node's name in the commands erlbridge prints and the shell remsh starts
+    /// (NAME or NAME@HOST; the host defaults to 127.0.0.1). Default: unique to this run.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 impl BridgeArgs {
@@ -221,8 +235,14 @@ pub struct UpArgs {
     /// What to bridge and how.
     #[command(flatten)]
     pub bridge: BridgeArgs,
+    /// Where erlbridge's own output goes while CMD runs, so CMD's stdout and stderr stay
+    /// CMD's: a FILE, or fd:N (an open descriptor). Default with CMD: stderr.
+    #[arg(long, value_name = "FILE|fd:N", requires = "command")]
+    pub events: Option<String>,
     /// A command to run once the bridge is ready, with ERLBRIDGE_NODE, ERLBRIDGE_NODES,
-    /// ERLBRIDGE_COOKIE (and ERL_INETRC) set; the bridge ends when it exits, with its exit code.
+    /// ERLBRIDGE_COOKIE (and ERL_INETRC or ERL_AFLAGS) set; the bridge ends when it exits, with
+    /// its exit code (127: not found, 126: not executable, 128+N: killed by signal N). It runs
+    /// as given, not through a shell: use `sh -c '...'` to expand $ERLBRIDGE_* in it.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
@@ -233,9 +253,12 @@ pub struct RemshArgs {
     /// What to bridge and how.
     #[command(flatten)]
     pub bridge: BridgeArgs,
-    /// Use `erl -remsh` even when iex is available.
-    #[arg(long)]
+    /// Use `erl -remsh` (default: iex when the pod's node runs Elixir, else erl).
+    #[arg(long, conflicts_with = "iex")]
     pub erl: bool,
+    /// Use `iex --remsh` (the pod's node must have IEx).
+    #[arg(long)]
+    pub iex: bool,
     /// The node to attach to (default: the first bridged node).
     #[arg(long)]
     pub node: Option<String>,

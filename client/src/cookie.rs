@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
 use crate::discover::PodInfo;
+use crate::k8s::{ApiError, Kube};
 
 /// Where the cookie comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,18 +79,17 @@ pub enum CookieError {
     },
     /// The API failed.
     #[error("cannot read secret {0}")]
-    Api(String, #[source] kube::Error),
+    Api(String, #[source] ApiError),
 }
 
 /// The nodes' cookie: from `source`, or without one the pods' RELEASE_COOKIE if they set it.
 pub async fn find(
-    client: &kube::Client,
-    namespace: &str,
+    kube: &Kube,
     source: Option<&CookieSource>,
     pods: &[PodInfo],
 ) -> Result<Option<String>, CookieError> {
     match source {
-        Some(source) => resolve(client, namespace, source, pods).await.map(Some),
+        Some(source) => resolve(kube, source, pods).await.map(Some),
         None => Ok(pods
             .iter()
             .find_map(|p| p.env.get("RELEASE_COOKIE").cloned())),
@@ -98,27 +98,27 @@ pub async fn find(
 
 /// Reads the cookie from `source`.
 pub async fn resolve(
-    client: &kube::Client,
-    namespace: &str,
+    kube: &Kube,
     source: &CookieSource,
     pods: &[PodInfo],
 ) -> Result<String, CookieError> {
+    let namespace = &kube.namespace;
     match source {
         CookieSource::Env(var) => pods
             .iter()
             .find_map(|p| p.env.get(var).cloned())
             .ok_or_else(|| CookieError::NotFound(format!("no pod of the target sets {var} in its environment; try --cookie-from secret/NAME"))),
         CookieSource::Secret { name, key } => {
-            let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-            let secret = api.get(name).await.map_err(|e| match e {
-                kube::Error::Api(s) if s.code == 404 => {
+            let api: Api<Secret> = Api::namespaced(kube.client.clone(), namespace);
+            let secret = kube.call(api.get(name)).await.map_err(|e| match e.code() {
+                Some(404) => {
                     CookieError::NotFound(format!("secret {name} not found in namespace {namespace}"))
                 }
-                kube::Error::Api(s) if s.code == 401 || s.code == 403 => CookieError::Forbidden {
+                Some(401 | 403) => CookieError::Forbidden {
                     name: name.clone(),
-                    message: s.message,
+                    message: e.message().unwrap_or("forbidden").to_owned(),
                 },
-                e => CookieError::Api(name.clone(), e),
+                _ => CookieError::Api(name.clone(), e),
             })?;
             let data = secret.data.unwrap_or_default();
             let keys: Vec<&String> = data.keys().collect();

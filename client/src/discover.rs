@@ -16,6 +16,8 @@ use kube::api::Api;
 use kube::core::Selector;
 use kube::runtime::watcher;
 
+use crate::k8s::{ApiError, Kube};
+
 /// The default epmd port, used when a pod names no `epmd` container port.
 pub const EPMD_PORT: u16 = 4369;
 
@@ -50,15 +52,22 @@ fn valid_name(name: &str) -> bool {
 impl FromStr for Target {
     type Err = BadTarget;
 
+    /// kubectl's spellings: `app-0`, `pod/app-0`, `pods/app-0`, `po/app-0`,
+    /// `statefulset/app`, `sts/app`, `statefulsets.apps/app`, `StatefulSet/app`,
+    /// `statefulset.v1.apps/app`, and the same for deployments (`deploy`).
     fn from_str(text: &str) -> Result<Target, BadTarget> {
         let (kind, name) = text.split_once('/').unwrap_or(("pod", text));
-        let target = match kind {
-            "pod" | "pods" | "po" => Target::Pod(name.to_owned()),
-            "statefulset" | "statefulsets" | "sts" => Target::StatefulSet(name.to_owned()),
-            "deployment" | "deployments" | "deploy" => Target::Deployment(name.to_owned()),
-            other => {
+        let lowered = kind.to_ascii_lowercase();
+        let (resource, group) = lowered.split_once('.').unwrap_or((&lowered, ""));
+        let core = matches!(group, "" | "v1");
+        let apps = matches!(group, "" | "apps" | "v1.apps");
+        let target = match resource {
+            "pod" | "pods" | "po" if core => Target::Pod(name.to_owned()),
+            "statefulset" | "statefulsets" | "sts" if apps => Target::StatefulSet(name.to_owned()),
+            "deployment" | "deployments" | "deploy" if apps => Target::Deployment(name.to_owned()),
+            _ => {
                 return Err(BadTarget(format!(
-                    "unsupported kind {other:?} in target {text:?}; use POD, pod/NAME, \
+                    "unsupported kind {kind:?} in target {text:?}; use POD, pod/NAME, \
                      statefulset/NAME (sts/NAME) or deployment/NAME, or -l SELECTOR"
                 )));
             }
@@ -129,23 +138,21 @@ pub enum DiscoverError {
     #[error("the Kubernetes API refused: {0}")]
     Forbidden(String),
     /// The API could not be reached or answered with an error.
-    #[error("cannot reach the Kubernetes API")]
-    Api(#[source] kube::Error),
+    #[error(transparent)]
+    Api(#[from] ApiError),
     /// The workload's selector cannot be used.
     #[error("{0}")]
     Selector(String),
 }
 
 /// The error for a failed call about `what`: not found, refused, or failed.
-pub fn api_error(e: kube::Error, what: &str) -> DiscoverError {
-    match &e {
-        kube::Error::Api(s) if s.code == 404 => {
-            DiscoverError::NotFound(format!("{what} not found: {}", s.message))
-        }
-        kube::Error::Api(s) if s.code == 401 || s.code == 403 => DiscoverError::Forbidden(format!(
-            "{} ({}): check your kubeconfig's credentials and that your role may get/list pods \
-             and create pods/portforward",
-            s.message, s.code
+pub fn api_error(e: ApiError, what: &str) -> DiscoverError {
+    match e.code() {
+        Some(404) => DiscoverError::NotFound(format!("{what} not found")),
+        Some(code @ (401 | 403)) => DiscoverError::Forbidden(format!(
+            "{} ({code}): check your kubeconfig's credentials and that your role may get, list \
+             and watch pods and create pods/portforward",
+            e.message().unwrap_or("forbidden")
         )),
         _ => DiscoverError::Api(e),
     }
@@ -206,9 +213,13 @@ pub fn pod_info(pod: &Pod, node_host: Option<NodeHost>) -> Result<PodInfo, Strin
         .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
         .collect();
     vars.extend(env.clone());
-    let release_host = env
-        .get("RELEASE_NODE")
-        .map(|n| expand(n, &vars))
+    let release_node = env.get("RELEASE_NODE").map(|n| expand(n, &vars));
+    let named_by_ip = release_node
+        .as_deref()
+        .and_then(|n| n.split_once('@'))
+        .is_some_and(|(_, host)| host.parse::<IpAddr>().is_ok());
+    let release_host = release_node
+        .as_deref()
         .and_then(|n| n.split_once('@').map(|(_, host)| host.to_owned()))
         .filter(|host| host.parse::<IpAddr>().is_err());
     let dns_default = || {
@@ -220,6 +231,13 @@ pub fn pod_info(pod: &Pod, node_host: Option<NodeHost>) -> Result<PodInfo, Strin
     };
     let host = match node_host {
         Some(NodeHost::Ip) => ip.to_string(),
+        Some(NodeHost::Dns) if named_by_ip => {
+            return Err(format!(
+                "pod {name}'s node is named by its IP ({}), so --node-host dns would name a node \
+                 that does not exist; leave --node-host out",
+                release_node.unwrap_or_default()
+            ));
+        }
         Some(NodeHost::Dns) => release_host.or_else(dns_default).ok_or_else(|| {
             format!("pod {name} has no DNS name to use (no RELEASE_NODE with a DNS host, no hostname and subdomain); use --node-host ip")
         })?,
@@ -238,25 +256,22 @@ pub fn pod_info(pod: &Pod, node_host: Option<NodeHost>) -> Result<PodInfo, Strin
 
 /// What to watch for `target`: a pod by name, or the pods of a workload's or the user's
 /// label selector.
-pub async fn watch_config(
-    client: &kube::Client,
-    namespace: &str,
-    target: &Target,
-) -> Result<watcher::Config, DiscoverError> {
+pub async fn watch_config(kube: &Kube, target: &Target) -> Result<watcher::Config, DiscoverError> {
     let config = watcher::Config::default();
+    let namespace = &kube.namespace;
     Ok(match target {
         Target::Pod(name) => config.fields(&format!("metadata.name={name}")),
         Target::StatefulSet(name) => {
-            let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-            let sts = api.get(name).await.map_err(|e| {
+            let api: Api<StatefulSet> = Api::namespaced(kube.client.clone(), namespace);
+            let sts = kube.call(api.get(name)).await.map_err(|e| {
                 api_error(e, &format!("statefulset {name} in namespace {namespace}"))
             })?;
             let selector = sts.spec.map(|s| s.selector).unwrap_or_default();
             config.labels_from(&workload_selector(target, selector)?)
         }
         Target::Deployment(name) => {
-            let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-            let d = api.get(name).await.map_err(|e| {
+            let api: Api<Deployment> = Api::namespaced(kube.client.clone(), namespace);
+            let d = kube.call(api.get(name)).await.map_err(|e| {
                 api_error(e, &format!("deployment {name} in namespace {namespace}"))
             })?;
             let selector = d.spec.map(|s| s.selector).unwrap_or_default();
@@ -298,6 +313,9 @@ pub fn check_first(
     if snapshot.is_empty() {
         return Err(DiscoverError::NotFound(match target {
             Target::Pod(name) => format!("pod {name} in namespace {namespace} not found"),
+            Target::Selector(labels) => {
+                format!("no pod in namespace {namespace} has the labels {labels}")
+            }
             target => format!("{target} has no pods in namespace {namespace}"),
         }));
     }
@@ -324,10 +342,20 @@ mod tests {
             ("app-0", Target::Pod("app-0".into())),
             ("pod/app-0", Target::Pod("app-0".into())),
             ("po/app-0", Target::Pod("app-0".into())),
+            ("Pod/app-0", Target::Pod("app-0".into())),
+            ("pods.v1/app-0", Target::Pod("app-0".into())),
             ("statefulset/app", Target::StatefulSet("app".into())),
             ("sts/app", Target::StatefulSet("app".into())),
+            ("StatefulSet/app", Target::StatefulSet("app".into())),
+            ("statefulset.apps/app", Target::StatefulSet("app".into())),
+            (
+                "statefulsets.v1.apps/app",
+                Target::StatefulSet("app".into()),
+            ),
             ("deployment/web", Target::Deployment("web".into())),
             ("deploy/web", Target::Deployment("web".into())),
+            ("Deployment/web", Target::Deployment("web".into())),
+            ("deployment.apps/web", Target::Deployment("web".into())),
         ] {
             assert_eq!(text.parse::<Target>(), Ok(want), "{text}");
         }
@@ -340,6 +368,8 @@ mod tests {
             "sts/a/b",
             "-app",
             "daemonset/x",
+            "statefulset.batch/app",
+            "pod.apps/app-0",
         ] {
             assert!(bad.parse::<Target>().is_err(), "{bad:?} must be refused");
         }
@@ -369,7 +399,15 @@ mod tests {
             info.env.get("RELEASE_COOKIE").map(String::as_str),
             Some("c")
         );
-        let dns = pod_info(&pod(base.clone()), Some(NodeHost::Dns)).expect("dns");
+        let by_ip = pod_info(&pod(base.clone()), Some(NodeHost::Dns)).expect_err("named by IP");
+        assert!(
+            by_ip.contains("named by its IP (app@10.244.1.8)"),
+            "{by_ip}"
+        );
+        let mut unnamed = base.clone();
+        unnamed["spec"]["containers"][0]["env"][0]["value"] = "".into();
+        unnamed["spec"]["containers"][0]["env"][0]["name"] = "OTHER".into();
+        let dns = pod_info(&pod(unnamed), Some(NodeHost::Dns)).expect("dns");
         assert_eq!(dns.host, "app-0.app.default.svc.cluster.local");
 
         let mut named = base.clone();

@@ -1,30 +1,28 @@
 //! The `doctor` subcommand: checks everything `erlbridge up` needs and, for each problem, says
-//! how to fix it. Exit code 0 only when every check passes.
+//! how to fix it. With a TARGET it walks `up`'s own steps ([`cluster`]) up to asking each
+//! pod's epmd and the helper's policy for each pod IP, and takes the mode and route decision
+//! `up` takes ([`route::decide`]), so it fails exactly where `up` would. Nothing is set up.
+//! Exit code 0 only when every check passes.
 
 use std::net::{IpAddr, Ipv4Addr};
-
-use ipnet::IpNet;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
+use ipnet::IpNet;
 
-use crate::discover::{Target, watch_config};
+use crate::discover::{NodeHost, Target};
 use crate::helper::{self, HelperError};
 use crate::k8s::ClusterOptions;
-use crate::output::{self, Event, Output, chain, say};
+use crate::output::{self, Event, Output, say};
 use crate::reach::{Mode, ModeChoice};
 use crate::route;
-use crate::watch::PodWatch;
+
+mod cluster;
 
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
-    /// Its name (`mode`, `helper`, `allowed`, `nftables`, `kubernetes`, `rbac`, `route`,
-    /// `erlang`).
+    /// Its name (`mode`, `helper`, `allowed`, `nftables`, `kubernetes`, `rbac`, `target`,
+    /// `epmd`, `policy`, `route`, `erlang`).
     pub name: &'static str,
     /// Whether it passed.
     pub ok: bool,
@@ -63,30 +61,19 @@ fn group_gid(group: &str) -> Option<u32> {
     }
 }
 
-/// Whether the group database lists `uid`'s user in `gid` (though this process may not have it).
-fn in_group_database(uid: u32, gid: u32) -> bool {
-    let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
-        return false;
-    };
-    let Ok(name) = std::ffi::CString::new(user.name) else {
-        return false;
-    };
-    nix::unistd::getgrouplist(&name, user.gid)
-        .is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
-}
-
 /// The helper's checks, and its policy when it answered.
 async fn helper_checks(socket: &Path) -> (Vec<Check>, Option<erlbridge_proto::v1::Policy>) {
     let who = match helper::who_am_i(socket).await {
         Ok(who) => who,
         Err(e) => {
             let fix = match &e {
-                HelperError::NoAccess { .. } => {
-                    "ask your administrator to add you to group erlbridge (usermod -aG erlbridge <your user>), then log in again"
+                HelperError::NoAccess { group, stale, .. } => helper::access_advice(group, *stale),
+                HelperError::NotStarted { .. } => {
+                    "fix what it names, then: sudo systemctl restart erlbridge-helperd".to_owned()
                 }
-                _ => {
-                    "install erlbridge and start its helper: sudo systemctl enable --now erlbridge-helperd.socket (or point --helper-socket at it)"
-                }
+                _ => "install erlbridge and start its helper: sudo systemctl enable --now \
+                      erlbridge-helperd.socket (or point --helper-socket at it)"
+                    .to_owned(),
             };
             let unknown = "cannot tell while the helper is unreachable";
             return (
@@ -129,18 +116,10 @@ async fn helper_checks(socket: &Path) -> (Vec<Check>, Option<erlbridge_proto::v1
             format!("uid {} may use the helper", caller.uid),
         ));
     } else {
-        let stale = group_gid(&policy.group).is_some_and(|gid| in_group_database(caller.uid, gid));
-        let fix = if stale {
-            format!(
-                "you were added to group {} but this login session started before that: log out and in again (or run `newgrp {}`)",
-                policy.group, policy.group
-            )
-        } else {
-            format!(
-                "ask your administrator to run `usermod -aG {} <your user>`, then log in again",
-                policy.group
-            )
-        };
+        let group = policy.group.strip_prefix("gid ").unwrap_or(&policy.group);
+        let stale =
+            group_gid(&policy.group).is_some_and(|gid| helper::in_group_database(caller.uid, gid));
+        let fix = helper::access_advice(group, stale);
         checks.push(failed("allowed", who.refusal.clone(), fix));
     }
     if who.nft_version.is_empty() {
@@ -153,122 +132,6 @@ async fn helper_checks(socket: &Path) -> (Vec<Check>, Option<erlbridge_proto::v1
         checks.push(pass("nftables", who.nft_version.clone()));
     }
     (checks, Some(policy))
-}
-
-async fn kubernetes_checks(
-    cluster: &ClusterOptions,
-    target: Option<&Target>,
-) -> (Vec<Check>, Vec<IpAddr>) {
-    let (client, namespace) = match crate::k8s::connect(cluster).await {
-        Ok(c) => c,
-        Err(e) => {
-            return (
-                vec![
-                    failed(
-                        "kubernetes",
-                        chain(&e),
-                        "check --kubeconfig / --context (kubectl config get-contexts shows them)",
-                    ),
-                    failed(
-                        "rbac",
-                        "cannot tell without a usable kubeconfig",
-                        "fix the kubernetes check first",
-                    ),
-                ],
-                Vec::new(),
-            );
-        }
-    };
-    let mut checks = Vec::new();
-    match client.apiserver_version().await {
-        Ok(v) => checks.push(pass(
-            "kubernetes",
-            format!(
-                "API server {} reachable; namespace {namespace}",
-                v.git_version
-            ),
-        )),
-        Err(e) => {
-            checks.push(failed(
-                "kubernetes",
-                chain(&e),
-                "check that the API server in your kubeconfig is reachable (kubectl version)",
-            ));
-            checks.push(failed(
-                "rbac",
-                "cannot tell without the API server",
-                "fix the kubernetes check first",
-            ));
-            return (checks, Vec::new());
-        }
-    }
-    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
-    let mut denied = Vec::new();
-    for (verb, resource, sub) in [
-        ("get", "pods", ""),
-        ("list", "pods", ""),
-        ("watch", "pods", ""),
-        ("create", "pods", "portforward"),
-    ] {
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: Some(namespace.clone()),
-                    verb: Some(verb.to_owned()),
-                    resource: Some(resource.to_owned()),
-                    subresource: (!sub.is_empty()).then(|| sub.to_owned()),
-                    ..ResourceAttributes::default()
-                }),
-                ..SelfSubjectAccessReviewSpec::default()
-            },
-            ..SelfSubjectAccessReview::default()
-        };
-        let what = if sub.is_empty() {
-            format!("{verb} {resource}")
-        } else {
-            format!("{verb} {resource}/{sub}")
-        };
-        match reviews.create(&PostParams::default(), &review).await {
-            Ok(answer) if answer.status.as_ref().is_some_and(|s| s.allowed) => {}
-            Ok(_) => denied.push(what),
-            Err(e) => denied.push(format!("{what} (could not ask: {e})")),
-        }
-    }
-    if denied.is_empty() {
-        checks.push(pass(
-            "rbac",
-            format!("may get/list/watch pods and create pods/portforward in {namespace}"),
-        ));
-    } else {
-        checks.push(failed(
-            "rbac",
-            format!("not allowed in namespace {namespace}: {}", denied.join(", ")),
-            format!("ask for a Role in {namespace} granting get, list, watch on pods and create on pods/portforward"),
-        ));
-    }
-    let ips = match target {
-        Some(target) => pod_ips(&client, &namespace, target)
-            .await
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
-    (checks, ips)
-}
-
-/// The IPs of the target's ready pods.
-async fn pod_ips(
-    client: &kube::Client,
-    namespace: &str,
-    target: &Target,
-) -> Result<Vec<IpAddr>, crate::discover::DiscoverError> {
-    let config = watch_config(client, namespace, target).await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let watch = PodWatch::start(pods, config, None, target.to_string()).await?;
-    Ok(watch
-        .snapshot()
-        .into_values()
-        .filter_map(|seen| seen.ok().map(|p| p.ip))
-        .collect())
 }
 
 /// The pod addresses to judge routes by: the target's pods, or without a target the first
@@ -289,6 +152,12 @@ fn route_probes(pod_ips: &[IpAddr], allowed: &[IpNet]) -> Vec<IpAddr> {
 
 /// The route toward each pod address and what `up` does about it in nat mode.
 fn route_check(probes: &[IpAddr], aliases: bool) -> Check {
+    if probes.is_empty() {
+        return pass(
+            "route",
+            "no pod address to check: name a TARGET to check its pods'",
+        );
+    }
     let said: Vec<String> = probes
         .iter()
         .map(|ip| match (route::needs_alias(*ip), aliases) {
@@ -321,16 +190,63 @@ fn erlang_check() -> Check {
     }
 }
 
+/// Whether the helper's policy takes each pod address (a dry run of its network check).
+fn policy_check(pod_ips: &[IpAddr], allowed: &[IpNet]) -> Option<Check> {
+    if pod_ips.is_empty() {
+        return None;
+    }
+    let refused: Vec<String> = pod_ips
+        .iter()
+        .filter(|ip| !allowed.iter().any(|net| net.contains(*ip)))
+        .map(ToString::to_string)
+        .collect();
+    let networks = allowed
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(if refused.is_empty() {
+        pass(
+            "policy",
+            format!("the helper's allowed_cidrs ({networks}) hold every pod IP"),
+        )
+    } else {
+        failed(
+            "policy",
+            format!(
+                "the helper's policy refuses pod IP {}: it is outside allowed_cidrs ({networks})",
+                refused.join(", ")
+            ),
+            "ask your administrator to add the pod network to allowed_cidrs in helperd.toml, or \
+             use --mode epmd",
+        )
+    })
+}
+
+/// What `doctor` is asked to check.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The helper's socket.
+    pub socket: PathBuf,
+    /// Where the cluster is.
+    pub cluster: ClusterOptions,
+    /// A target whose pods to check, as `up` would bridge them.
+    pub target: Option<Target>,
+    /// `--node-host`, as `up` takes it.
+    pub node_host: Option<NodeHost>,
+    /// `--mode`, as `up` takes it.
+    pub mode: ModeChoice,
+}
+
 /// Runs every check that applies to the mode `erlbridge up` would use, which the same
 /// decision as `up`'s picks ([`route::decide`]).
-pub async fn checks(
-    socket: &Path,
-    cluster: &ClusterOptions,
-    target: Option<&Target>,
-    choice: ModeChoice,
-) -> Vec<Check> {
-    let ((helper, policy), (kube, pod_ips)) =
-        tokio::join!(helper_checks(socket), kubernetes_checks(cluster, target));
+pub async fn checks(request: &Request) -> Vec<Check> {
+    let choice = request.mode;
+    let ((helper, policy), found) = tokio::join!(
+        helper_checks(&request.socket),
+        cluster::checks(&request.cluster, request.target.as_ref(), request.node_host)
+    );
+    let (kube, pod_ips) = (found.checks, found.pod_ips);
     let refusal = helper.iter().find(|c| !c.ok).map(|c| c.detail.clone());
     let allowed: Vec<IpNet> = policy
         .iter()
@@ -374,6 +290,11 @@ pub async fn checks(
         checks.extend(helper);
     }
     checks.extend(kube);
+    if mode == Mode::Nat
+        && let Some(policy) = policy_check(&pod_ips, &allowed)
+    {
+        checks.push(policy);
+    }
     match decision {
         Err(no_route) => checks.push(failed(
             "route",
@@ -396,14 +317,8 @@ pub async fn checks(
 }
 
 /// Runs `erlbridge doctor`; returns 0 only when every check passed.
-pub async fn run(
-    socket: PathBuf,
-    cluster: ClusterOptions,
-    target: Option<Target>,
-    choice: ModeChoice,
-    output: Output,
-) -> u8 {
-    let checks = checks(&socket, &cluster, target.as_ref(), choice).await;
+pub async fn run(request: Request, output: Output) -> u8 {
+    let checks = checks(&request).await;
     for c in &checks {
         match output {
             Output::Json => output::emit(&Event::Check {

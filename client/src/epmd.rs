@@ -32,8 +32,8 @@ pub struct Malformed(pub String);
 #[derive(Debug, thiserror::Error)]
 pub enum AskError {
     /// The pod refused the port: nothing listens there.
-    #[error("{0}")]
-    Refused(String),
+    #[error("nothing listens there")]
+    Refused,
     /// The reply makes no sense.
     #[error(transparent)]
     Malformed(#[from] Malformed),

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, warn};
+
+use crate::k8s::{ApiError, Kube};
 
 /// Waits before each new try to open a port-forward for one connection; the API server may be
 /// failing or stalled for a while (a restart, an overloaded control plane).
@@ -22,8 +22,6 @@ const RETRY_DELAYS: [Duration; 4] = [
     Duration::from_secs(1),
     Duration::from_secs(2),
 ];
-/// How long opening one port-forward may take before it counts as a failed try.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest pause between two tries to accept while the process is out of descriptors.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -57,26 +55,24 @@ impl Drop for Forward {
 /// Why a forward could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    /// The API refused or failed the port-forward request.
+    /// The API refused or failed the port-forward request, or did not answer in time.
     #[error("cannot port-forward to pod {pod} port {port}")]
     Api {
         /// The pod.
         pod: String,
         /// The port.
         port: u16,
-        /// kube's reason.
+        /// What the API server did.
         #[source]
-        source: kube::Error,
+        source: ApiError,
     },
     /// The pod refused the port (nothing listens there).
-    #[error("pod {pod} refused port {port}: {message}")]
+    #[error("nothing listens on port {port} in pod {pod}")]
     Refused {
         /// The pod.
         pod: String,
         /// The port.
         port: u16,
-        /// The kubelet's error text.
-        message: String,
     },
     /// The local listener could not be bound.
     #[error("cannot listen on 127.0.0.1")]
@@ -97,14 +93,6 @@ pub enum ForwardError {
         #[source]
         source: std::io::Error,
     },
-    /// Opening the port-forward took too long (a stalled API server).
-    #[error("port-forward to pod {pod} port {port} got no answer within {OPEN_TIMEOUT:?}")]
-    Stalled {
-        /// The pod.
-        pod: String,
-        /// The port.
-        port: u16,
-    },
 }
 
 /// An open port-forward stream to one pod port.
@@ -115,20 +103,23 @@ pub struct Opened {
     pub refused: BoxFuture<'static, Option<String>>,
 }
 
-/// Opens one port-forward stream to `pod`:`port`, once.
-async fn open(pods: &Api<Pod>, pod: &str, port: u16) -> Result<Opened, ForwardError> {
+/// Opens one port-forward stream to `pod`:`port`, once, within the request timeout.
+async fn open(kube: &Kube, pod: &str, port: u16) -> Result<Opened, ForwardError> {
     let api = |source| ForwardError::Api {
         pod: pod.to_owned(),
         port,
         source,
     };
-    let mut forwarder = pods.portforward(pod, &[port]).await.map_err(api)?;
+    let pods = kube.pods();
+    let mut forwarder = kube
+        .call(pods.portforward(pod, &[port]))
+        .await
+        .map_err(api)?;
     let stream = forwarder
         .take_stream(port)
         .ok_or_else(|| ForwardError::Refused {
             pod: pod.to_owned(),
             port,
-            message: "no stream for the port".to_owned(),
         })?;
     let error = forwarder.take_error(port);
     let refused = async move {
@@ -147,21 +138,13 @@ async fn open(pods: &Api<Pod>, pod: &str, port: u16) -> Result<Opened, ForwardEr
 
 /// Opens a port-forward stream, trying again with backoff while the API server fails or
 /// stalls. A pod that refuses the port is not retried: nothing listens there.
-pub async fn open_with_retries(
-    pods: &Api<Pod>,
-    pod: &str,
-    port: u16,
-) -> Result<Opened, ForwardError> {
+pub async fn open_with_retries(kube: &Kube, pod: &str, port: u16) -> Result<Opened, ForwardError> {
     let mut delays = RETRY_DELAYS.iter();
     loop {
-        let error = match tokio::time::timeout(OPEN_TIMEOUT, open(pods, pod, port)).await {
-            Ok(Ok(opened)) => return Ok(opened),
-            Ok(Err(e @ ForwardError::Refused { .. })) => return Err(e),
-            Ok(Err(e)) => e,
-            Err(_) => ForwardError::Stalled {
-                pod: pod.to_owned(),
-                port,
-            },
+        let error = match open(kube, pod, port).await {
+            Ok(opened) => return Ok(opened),
+            Err(e @ ForwardError::Refused { .. }) => return Err(e),
+            Err(e) => e,
         };
         match delays.next() {
             Some(delay) => {
@@ -176,7 +159,7 @@ pub async fn open_with_retries(
 /// Listens on an ephemeral 127.0.0.1 port and forwards each connection to `pod`:`port`;
 /// connections that cannot be forwarded after every retry are reported on `failures`.
 pub async fn listen(
-    pods: Api<Pod>,
+    kube: Kube,
     pod: String,
     port: u16,
     failures: UnboundedSender<Failed>,
@@ -224,9 +207,9 @@ pub async fn listen(
             if backoff.take().is_some() {
                 debug!(%pod, port, "accepting again");
             }
-            let (pods, pod, failures) = (pods.clone(), pod.clone(), failures.clone());
+            let (kube, pod, failures) = (kube.clone(), pod.clone(), failures.clone());
             tokio::spawn(async move {
-                if let Err(error) = relay(conn, &pods, &pod, port).await {
+                if let Err(error) = relay(conn, &kube, &pod, port).await {
                     warn!(%pod, port, %peer, error = %error, "a forwarded connection failed");
                     let _ = failures.send(Failed { pod, port, error });
                 }
@@ -245,22 +228,20 @@ fn out_of_resources(e: &std::io::Error) -> bool {
     )
 }
 
-async fn relay(
-    mut conn: TcpStream,
-    pods: &Api<Pod>,
-    pod: &str,
-    port: u16,
-) -> Result<(), ForwardError> {
+async fn relay(mut conn: TcpStream, kube: &Kube, pod: &str, port: u16) -> Result<(), ForwardError> {
     let _ = conn.set_nodelay(true);
     let Opened {
         io: mut upstream,
         refused,
-    } = open_with_retries(pods, pod, port).await?;
+    } = open_with_retries(kube, pod, port).await?;
     tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut conn, &mut upstream) => {
             debug!(pod, port, ?copied, "forwarded connection ended");
             Ok(())
         }
-        Some(message) = refused => Err(ForwardError::Refused { pod: pod.to_owned(), port, message }),
+        Some(message) = refused => {
+            debug!(pod, port, %message, "the pod refused the port");
+            Err(ForwardError::Refused { pod: pod.to_owned(), port })
+        }
     }
 }

@@ -28,13 +28,14 @@ pub enum HelperError {
         source: BoxError,
     },
     /// The socket exists but this user may not open it.
-    #[error(
-        "you may not use erlbridge-helperd's socket {socket}: ask your administrator to add you \
-         to its group (usermod -aG erlbridge <your user>), then log in again"
-    )]
+    #[error("you may not use erlbridge-helperd's socket {socket}: {}", access_advice(.group, *.stale))]
     NoAccess {
         /// The socket.
         socket: PathBuf,
+        /// The socket's group, by name where it has one.
+        group: String,
+        /// Whether the group database lists this user in it (the login predates that).
+        stale: bool,
     },
     /// The helper runs but could not start (an invalid configuration, say); its message says
     /// what to fix and how to bring it back.
@@ -82,6 +83,52 @@ fn unreachable(socket: &Path, why: impl Into<String>) -> HelperError {
     }
 }
 
+/// What to do about a socket this user may not open: join its group, or, where the group
+/// database already lists the user, start a login that has it.
+pub fn access_advice(group: &str, stale: bool) -> String {
+    if stale {
+        format!(
+            "you were added to group {group}, but this login started before that; log out and in \
+             again (or run `newgrp {group}`)"
+        )
+    } else {
+        format!(
+            "ask your administrator to add you to group {group} (usermod -aG {group} <your user>), \
+             then log in again"
+        )
+    }
+}
+
+/// The refusal for `socket`, with the advice that fits this user.
+fn no_access(socket: &Path) -> HelperError {
+    use std::os::unix::fs::MetadataExt as _;
+    let gid = std::fs::metadata(socket).map_or(0, |m| m.gid());
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map_or_else(|| gid.to_string(), |g| g.name);
+    let has = nix::unistd::getgroups().is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid));
+    let listed = in_group_database(nix::unistd::getuid().as_raw(), gid);
+    HelperError::NoAccess {
+        socket: socket.to_owned(),
+        group,
+        stale: listed && !has,
+    }
+}
+
+/// Whether the group database lists `uid`'s user in `gid` (though a process may not have it).
+pub fn in_group_database(uid: u32, gid: u32) -> bool {
+    let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
+        return false;
+    };
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return false;
+    };
+    user.gid.as_raw() == gid
+        || nix::unistd::getgrouplist(&name, user.gid)
+            .is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
+}
+
 /// Connects to the helper, telling "not running" from "not yours to open".
 pub async fn connect(
     socket: &Path,
@@ -89,9 +136,7 @@ pub async fn connect(
     erlbridge_proto::connect(socket)
         .await
         .map_err(|e| match io_kind(&e) {
-            Some(std::io::ErrorKind::PermissionDenied) => HelperError::NoAccess {
-                socket: socket.to_owned(),
-            },
+            Some(std::io::ErrorKind::PermissionDenied) => no_access(socket),
             _ => HelperError::Unreachable {
                 socket: socket.to_owned(),
                 source: Box::new(e),
@@ -213,6 +258,15 @@ impl Session {
             .map_err(|status| refused(format!("removing the loopback alias {ip}"), status))
     }
 
+    /// This user's live sessions (on this session's connection).
+    pub async fn sessions(&mut self) -> Result<Vec<pb::SessionInfo>, HelperError> {
+        self.client
+            .list_sessions(pb::ListSessionsRequest {})
+            .await
+            .map(|r| r.into_inner().sessions)
+            .map_err(|status| refused("listing sessions", status))
+    }
+
     /// The policy the helper applies (on this session's connection).
     pub async fn policy(&mut self) -> Result<pb::Policy, HelperError> {
         self.client
@@ -252,6 +306,19 @@ impl Link {
             generation: 1,
             policy,
         })
+    }
+
+    /// The live session's id.
+    pub fn session_id(&self) -> Option<u64> {
+        self.session.as_ref().map(|s| s.id)
+    }
+
+    /// This user's live sessions, this one included.
+    pub async fn own_sessions(&mut self) -> Result<Vec<pb::SessionInfo>, HelperError> {
+        match &mut self.session {
+            Some(session) => session.sessions().await,
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The helper's policy, as it said when the live (or last) session opened.

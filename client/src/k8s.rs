@@ -3,8 +3,17 @@
 //! pod. The connection to the API server carries every port-forward, so it is built with
 //! TCP_NODELAY (kube-rs's default client leaves Nagle on, which turns Erlang's small
 //! request/response traffic into 40 ms delayed-ACK stalls).
+//!
+//! No call waits for ever: connecting and every request are bounded by `--request-timeout`
+//! ([`Kube::call`]); long-lived watches and port-forward streams are kept honest by TCP
+//! keepalive. A failure is told plainly ([`ApiError`]): kube's own messages carry Debug dumps.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -20,19 +29,247 @@ pub struct ClusterOptions {
     pub context: Option<String>,
     /// `-n/--namespace`.
     pub namespace: Option<String>,
+    /// `--request-timeout`: how long connecting and each request may take (`None`: no bound).
+    pub request_timeout: Option<Duration>,
 }
+
+/// `--request-timeout`: a bound, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTimeout(pub Option<Duration>);
+
+impl std::str::FromStr for RequestTimeout {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<RequestTimeout, String> {
+        parse_timeout(text).map(RequestTimeout)
+    }
+}
+
+/// The default `--request-timeout`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads a `--request-timeout` as kubectl does: `10s`, `2m`, `1h`, a bare number of seconds,
+/// or `0` for no bound.
+pub fn parse_timeout(text: &str) -> Result<Option<Duration>, String> {
+    let bad = || {
+        format!("{text:?} is not a duration: use a number with a unit (10s, 2m, 1h), or 0 for none")
+    };
+    let (digits, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |at| text.split_at(at));
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(bad()),
+    };
+    Ok((secs > 0).then(|| Duration::from_secs(secs)))
+}
+
+/// A Kubernetes client and what its failures are told with: the namespace to work in, the API
+/// server's address and the bound on each request.
+#[derive(Clone)]
+pub struct Kube {
+    /// The client.
+    pub client: kube::Client,
+    /// The namespace.
+    pub namespace: String,
+    /// The API server, as the configuration names it.
+    pub url: String,
+    /// How long a request may take.
+    pub timeout: Option<Duration>,
+}
+
+impl Kube {
+    /// The pods of the namespace.
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Runs one API call within the request timeout.
+    pub async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, ApiError> {
+        let answer = match self.timeout {
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .map_err(|_| self.failure(Failure::Timeout(limit)))?,
+            None => call.await,
+        };
+        answer.map_err(|e| self.error(e))
+    }
+
+    /// Waits for `what` (a watch's first list, say) within the request timeout.
+    pub async fn bounded<T, E>(
+        &self,
+        what: impl Future<Output = Result<T, E>>,
+    ) -> Result<Result<T, E>, ApiError> {
+        match self.timeout {
+            Some(limit) => tokio::time::timeout(limit, what)
+                .await
+                .map_err(|_| self.failure(Failure::Timeout(limit))),
+            None => Ok(what.await),
+        }
+    }
+
+    /// `e`, told with this API server's address. A connect that ran out of time is the same
+    /// timeout as a request that did.
+    pub fn error(&self, e: kube::Error) -> ApiError {
+        match self.timeout {
+            Some(limit) if timed_out(&e) => self.failure(Failure::Timeout(limit)),
+            _ => self.failure(Failure::Kube(e)),
+        }
+    }
+
+    fn failure(&self, failure: Failure) -> ApiError {
+        ApiError {
+            url: self.url.clone(),
+            failure,
+        }
+    }
+}
+
+/// What went wrong with a call.
+#[derive(Debug)]
+pub enum Failure {
+    /// No answer in time.
+    Timeout(Duration),
+    /// kube's error.
+    Kube(kube::Error),
+}
+
+/// A failed call to the API server, told in one plain sentence with the server's address.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The API server.
+    pub url: String,
+    /// What went wrong.
+    pub failure: Failure,
+}
+
+impl ApiError {
+    /// The HTTP status the API server answered with, if it answered with an error.
+    pub fn code(&self) -> Option<u16> {
+        match &self.failure {
+            Failure::Kube(kube::Error::Api(s)) => Some(s.code),
+            Failure::Kube(kube::Error::UpgradeConnection(
+                kube::client::UpgradeConnectionError::ProtocolSwitch(code),
+            )) => Some(code.as_u16()),
+            _ => None,
+        }
+    }
+
+    /// Whether the API server refused the credentials or their rights (401, 403).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self.code(), Some(401 | 403))
+    }
+
+    /// The API server's own message, when it sent a Status.
+    pub fn message(&self) -> Option<&str> {
+        match &self.failure {
+            Failure::Kube(kube::Error::Api(s)) if !s.message.is_empty() => Some(&s.message),
+            _ => None,
+        }
+    }
+}
+
+fn canonical(code: u16) -> String {
+    let reason = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|c| c.canonical_reason())
+        .unwrap_or("");
+    format!("{code} {reason}").trim_end().to_owned()
+}
+
+/// Whether `e` is a connect or read that ran out of time.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tokio::time::error::Elapsed>()
+            || c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// The innermost cause of `e`, which is what a person can act on ("Connection refused").
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = &self.url;
+        match &self.failure {
+            Failure::Timeout(limit) => write!(
+                f,
+                "the API server at {url} did not answer in {} s (--request-timeout)",
+                limit.as_secs()
+            ),
+            // kube's marker for a body that is no Status (a proxy's or load balancer's page).
+            Failure::Kube(kube::Error::Api(s)) if s.reason == "Failed to parse error data" => {
+                let body: String = s
+                    .message
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(120)
+                    .collect();
+                write!(f, "the API server at {url} answered {}", canonical(s.code))?;
+                if !body.is_empty() {
+                    write!(f, " ({body})")?;
+                }
+                Ok(())
+            }
+            Failure::Kube(kube::Error::Api(s)) => {
+                write!(f, "the API server at {url} answered {}", canonical(s.code))?;
+                if !s.message.is_empty() {
+                    write!(f, ": {}", s.message)?;
+                }
+                Ok(())
+            }
+            Failure::Kube(kube::Error::UpgradeConnection(
+                kube::client::UpgradeConnectionError::ProtocolSwitch(code),
+            )) => write!(
+                f,
+                "the API server at {url} answered {} instead of opening the connection",
+                canonical(code.as_u16())
+            ),
+            Failure::Kube(kube::Error::Auth(e)) => write!(
+                f,
+                "cannot log in to the API server at {url}: {}",
+                root_cause(e)
+            ),
+            Failure::Kube(e) => {
+                write!(f, "cannot reach the API server at {url}: {}", root_cause(e))
+            }
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
 
 /// Why no client could be made.
 #[derive(Debug, thiserror::Error)]
 pub enum K8sError {
     /// The named kubeconfig could not be read or parsed.
-    #[error("cannot use the kubeconfig {path}")]
+    #[error("cannot use the kubeconfig {}: {reason}", .path.display())]
     Kubeconfig {
         /// The file.
         path: PathBuf,
-        /// kube's reason.
-        #[source]
-        source: kube::config::KubeconfigError,
+        /// Why, plainly.
+        reason: String,
     },
     /// No configuration could be found or used.
     #[error(
@@ -41,8 +278,8 @@ pub enum K8sError {
     )]
     Infer(#[source] kube::config::InferConfigError),
     /// The context or cluster entry is unusable.
-    #[error("cannot use the kubeconfig's context")]
-    Context(#[source] kube::config::KubeconfigError),
+    #[error("cannot use the kubeconfig's context: {0}")]
+    Context(String),
     /// The configuration asks for a proxy, which erlbridge does not support yet.
     #[error(
         "the Kubernetes configuration sends API traffic through the proxy {url} (its proxy-url, \
@@ -58,8 +295,21 @@ pub enum K8sError {
     Client(#[source] kube::Error),
 }
 
-/// A Kubernetes client and the namespace to work in.
-pub async fn connect(opts: &ClusterOptions) -> Result<(kube::Client, String), K8sError> {
+/// What is wrong with a kubeconfig, in a few plain words (kube's own text repeats the path in
+/// Debug quotes).
+fn kubeconfig_reason(e: &kube::config::KubeconfigError) -> String {
+    use kube::config::KubeconfigError as K;
+    match e {
+        K::ReadConfig(io, _) => io.to_string(),
+        K::Parse(e) => format!("it is not a kubeconfig ({e})"),
+        K::LoadContext(name) => format!("it has no context {name}"),
+        K::LoadClusterOfContext(name) => format!("it has no cluster {name}"),
+        e => root_cause(e),
+    }
+}
+
+/// A Kubernetes client, as the options say.
+pub async fn connect(opts: &ClusterOptions) -> Result<Kube, K8sError> {
     // Two TLS providers may be compiled in (kube's and ours); pick one, once.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let kc_opts = KubeConfigOptions {
@@ -68,21 +318,20 @@ pub async fn connect(opts: &ClusterOptions) -> Result<(kube::Client, String), K8
     };
     let mut config = match &opts.kubeconfig {
         Some(path) => {
-            let kubeconfig =
-                Kubeconfig::read_from(path).map_err(|source| K8sError::Kubeconfig {
-                    path: path.clone(),
-                    source,
-                })?;
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| K8sError::Kubeconfig {
+                path: path.clone(),
+                reason: kubeconfig_reason(&e),
+            })?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &kc_opts)
                 .await
-                .map_err(|source| K8sError::Kubeconfig {
+                .map_err(|e| K8sError::Kubeconfig {
                     path: path.clone(),
-                    source,
+                    reason: kubeconfig_reason(&e),
                 })?
         }
         None if opts.context.is_some() => kube::Config::from_kubeconfig(&kc_opts)
             .await
-            .map_err(K8sError::Context)?,
+            .map_err(|e| K8sError::Context(kubeconfig_reason(&e)))?,
         None => kube::Config::infer().await.map_err(K8sError::Infer)?,
     };
     if let Some(ns) = &opts.namespace {
@@ -93,9 +342,25 @@ pub async fn connect(opts: &ClusterOptions) -> Result<(kube::Client, String), K8
             url: url.to_string(),
         });
     }
+    config.connect_timeout = opts.request_timeout;
     let namespace = config.default_namespace.clone();
-    Ok((client(config).map_err(K8sError::Client)?, namespace))
+    let url = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_owned();
+    Ok(Kube {
+        client: client(config).map_err(K8sError::Client)?,
+        namespace,
+        url,
+        timeout: opts.request_timeout,
+    })
 }
+
+/// How long a connection may stay silent before the kernel probes it, how often it probes and
+/// how many unanswered probes end it: a watch or port-forward on a connection the network lost
+/// fails within about a minute instead of hanging.
+const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(30), Duration::from_secs(10), 3);
 
 /// kube-rs's client stack (base URI, auth, extra headers, the configuration's connect, read
 /// and write timeouts) over a connector with TCP_NODELAY.
@@ -103,6 +368,9 @@ pub fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
+    http.set_keepalive(Some(KEEPALIVE.0));
+    http.set_keepalive_interval(Some(KEEPALIVE.1));
+    http.set_keepalive_retries(Some(KEEPALIVE.2));
     let https = config.rustls_https_connector_with_connector(http)?;
     let mut timed = hyper_timeout::TimeoutConnector::new(https);
     timed.set_connect_timeout(config.connect_timeout);
@@ -157,6 +425,13 @@ mod tests {
             kubeconfig: Some(path),
             ..ClusterOptions::default()
         };
+        assert_eq!(parse_timeout("10s"), Ok(Some(Duration::from_secs(10))));
+        assert_eq!(parse_timeout("2m"), Ok(Some(Duration::from_secs(120))));
+        assert_eq!(parse_timeout("7"), Ok(Some(Duration::from_secs(7))));
+        assert_eq!(parse_timeout("0"), Ok(None));
+        for bad in ["", "s", "1d", "-1", "1.5s"] {
+            assert!(parse_timeout(bad).is_err(), "{bad:?}");
+        }
         match connect(&opts).await {
             Err(e @ K8sError::Proxy { .. }) => {
                 assert!(e.to_string().contains("http://proxy.example:3128"), "{e}");

@@ -57,15 +57,14 @@ fn main() -> ExitCode {
             Command::Remsh(args) => erlbridge::remsh::run(args).await,
             Command::Status(args) => erlbridge::status::run(args.helper_socket, args.output).await,
             Command::Doctor(args) => {
-                let cluster = args.cluster.options();
-                Ok(erlbridge::doctor::run(
-                    args.helper_socket,
-                    cluster,
-                    args.target,
-                    args.mode,
-                    args.output,
-                )
-                .await)
+                let request = erlbridge::doctor::Request {
+                    socket: args.helper_socket.clone(),
+                    cluster: args.cluster.options(),
+                    target: args.target.clone(),
+                    node_host: args.node_host,
+                    mode: args.mode,
+                };
+                Ok(erlbridge::doctor::run(request, args.output).await)
             }
             Command::Completions { .. } | Command::Man => Ok(exit::OK),
         }

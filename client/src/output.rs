@@ -4,7 +4,7 @@
 //! paste ([`text`]). Commands return a [`Failure`] instead of printing it; `main` reports it
 //! once. Errors are shown with their causes, each once ([`chain`]); never as Debug.
 
-use std::io::Write as _;
+use std::io::Write;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -245,14 +245,56 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Writes one line to stdout at once.
-pub fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+/// Where erlbridge's own output goes instead of stdout (while `-- CMD` runs, so CMD's stdout
+/// stays CMD's).
+static SINK: std::sync::Mutex<Option<Box<dyn Write + Send>>> = std::sync::Mutex::new(None);
+
+/// Sends everything [`say`] writes to `sink` from now on.
+pub fn redirect(sink: Box<dyn Write + Send>) {
+    *SINK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sink);
 }
 
-/// Writes `event` as one JSON line on stdout.
+/// Opens `--events`: `fd:N` (a descriptor this process inherited) or a file, created or
+/// truncated.
+pub fn open_events(spec: &str) -> std::io::Result<Box<dyn Write + Send>> {
+    let path = match spec.strip_prefix("fd:") {
+        Some(fd) => {
+            let fd: u32 = fd.parse().map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "fd:N needs a number")
+            })?;
+            PathBuf::from(format!("/dev/fd/{fd}"))
+        }
+        None => PathBuf::from(spec),
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(spec.strip_prefix("fd:").is_none())
+        .open(path)?;
+    Ok(Box::new(file))
+}
+
+/// Writes one line of erlbridge's output at once: to stdout, or where [`redirect`] said.
+pub fn say(line: &str) {
+    let mut sink = SINK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match sink.as_mut() {
+        Some(sink) => {
+            let _ = writeln!(sink, "{line}");
+            let _ = sink.flush();
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    }
+}
+
+/// Writes `event` as one JSON line of output.
 pub fn emit(event: &Event) {
     match serde_json::to_string(event) {
         Ok(line) => say(&line),

@@ -139,6 +139,11 @@ impl Reach {
         })
     }
 
+    /// The runtime directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// Which way this is.
     pub fn mode(&self) -> Mode {
         match self.way {

@@ -7,17 +7,16 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::bridge::{Bridge, BridgeError, Ready};
 use crate::cli::{BridgeArgs, UpArgs, exit};
 use crate::cookie::CookieError;
-use crate::discover::{DiscoverError, check_first, watch_config};
+use crate::discover::{DiscoverError, Target, check_first, watch_config};
 use crate::forward::ForwardError;
 use crate::helper::{HelperError, Link};
 use crate::k8s::K8sError;
+use crate::k8s::Kube;
 use crate::output::{self, Event, Failure, Output};
 use crate::reach::{Mode, ModeChoice, Reach, ReachError};
 use crate::route;
@@ -48,12 +47,23 @@ pub enum UpError {
     /// The chosen way to reach the pods cannot be set up.
     #[error(transparent)]
     Reach(#[from] ReachError),
+    /// `--mode nat`, and another erlbridge of this user already redirects a pod's address.
+    #[error(
+        "pod IP {ip} is already bridged for you by erlbridge pid {pid} (\"{label}\"); use that \
+         bridge, end it (kill {pid}), or run this one with --mode epmd"
+    )]
+    AlreadyBridged {
+        /// The pod address.
+        ip: IpAddr,
+        /// The process holding it.
+        pid: u32,
+        /// Its session's label.
+        label: String,
+    },
 }
 
 /// The exit code and kind of a failure.
 pub fn classify(e: &UpError) -> (u8, &'static str) {
-    let forbidden =
-        |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 401 || s.code == 403);
     let helper = |e: &HelperError| match e {
         HelperError::Refused { .. } => (exit::HELPER_REFUSED, "helper_refused"),
         _ => (exit::HELPER_UNREACHABLE, "helper_unreachable"),
@@ -66,13 +76,13 @@ pub fn classify(e: &UpError) -> (u8, &'static str) {
         UpError::Discover(DiscoverError::Api(_)) => (exit::KUBERNETES, "kubernetes"),
         UpError::Discover(DiscoverError::Selector(_)) => (exit::NOT_FOUND, "target_not_found"),
         UpError::Bridge(BridgeError::Forward(ForwardError::Api { source, .. }))
-            if forbidden(source) =>
+            if source.is_forbidden() =>
         {
             (exit::FORBIDDEN, "kubernetes_forbidden")
         }
-        UpError::Bridge(BridgeError::Forward(
-            ForwardError::Api { .. } | ForwardError::Stalled { .. },
-        )) => (exit::KUBERNETES, "kubernetes"),
+        UpError::Bridge(BridgeError::Forward(ForwardError::Api { .. })) => {
+            (exit::KUBERNETES, "kubernetes")
+        }
         UpError::Bridge(
             BridgeError::Forward(ForwardError::Refused { .. }) | BridgeError::NoEpmd { .. },
         ) => (exit::NOT_READY, "no_epmd"),
@@ -86,6 +96,7 @@ pub fn classify(e: &UpError) -> (u8, &'static str) {
             ReachError::Inetrc(_) | ReachError::Module { .. } => (exit::OTHER, "local"),
         },
         UpError::Helper(e) => helper(e),
+        UpError::AlreadyBridged { .. } => (exit::HELPER_REFUSED, "already_bridged"),
         UpError::Cookie(CookieError::NotFound(_)) => (exit::NOT_FOUND, "cookie_not_found"),
         UpError::Cookie(CookieError::Forbidden { .. }) => (exit::FORBIDDEN, "kubernetes_forbidden"),
         UpError::Cookie(CookieError::Api(..)) => (exit::KUBERNETES, "kubernetes"),
@@ -116,7 +127,7 @@ async fn reach(
     pod_ips: &[IpAddr],
 ) -> Result<(Reach, Option<String>), UpError> {
     let dir = RuntimeDir::create()?;
-    let link = match args.mode {
+    let mut link = match args.mode {
         ModeChoice::Epmd => None,
         ModeChoice::Nat => Some(Ok(Link::open(&args.helper_socket, label).await?)),
         ModeChoice::Auto => Some(
@@ -125,6 +136,18 @@ async fn reach(
                 .map_err(|e| fallback_reason(&e)),
         ),
     };
+    // Another erlbridge of this user redirecting a pod's address: the helper would refuse a
+    // second redirect, and sharing one would break when that process ends.
+    if let Some(Ok(open)) = &mut link
+        && let Some((ip, pid, label)) = bridged_elsewhere(open, pod_ips).await
+    {
+        if args.mode == ModeChoice::Nat {
+            return Err(UpError::AlreadyBridged { ip, pid, label });
+        }
+        link = Some(Err(format!(
+            "pod IP {ip} is already bridged for you by erlbridge pid {pid} (\"{label}\")"
+        )));
+    }
     let unrouted: Vec<IpAddr> = pod_ips
         .iter()
         .copied()
@@ -150,6 +173,22 @@ async fn reach(
     })
 }
 
+/// A pod address among `pod_ips` that another session of this user redirects: the address,
+/// the process and its label.
+async fn bridged_elsewhere(link: &mut Link, pod_ips: &[IpAddr]) -> Option<(IpAddr, u32, String)> {
+    let ours = link.session_id();
+    let sessions = link.own_sessions().await.ok()?;
+    sessions
+        .iter()
+        .filter(|s| Some(s.session_id) != ours)
+        .find_map(|s| {
+            s.mappings.iter().find_map(|m| {
+                let ip: IpAddr = m.pod_ip.parse().ok()?;
+                pod_ips.contains(&ip).then(|| (ip, s.pid, s.label.clone()))
+            })
+        })
+}
+
 /// Why auto mode did not use the helper, in a few words.
 fn fallback_reason(e: &HelperError) -> String {
     let mut cause: &dyn std::error::Error = e;
@@ -161,7 +200,7 @@ fn fallback_reason(e: &HelperError) -> String {
             "erlbridge-helperd is not reachable at {} ({cause})",
             socket.display()
         ),
-        HelperError::NoAccess { socket } => {
+        HelperError::NoAccess { socket, .. } => {
             format!(
                 "you may not open erlbridge-helperd's socket {}",
                 socket.display()
@@ -171,23 +210,64 @@ fn fallback_reason(e: &HelperError) -> String {
     }
 }
 
-/// Watches the target, checks its first snapshot, finds the cookie, opens the helper session
-/// and bridges every ready pod.
+/// Starts the target's pod watch; with `--ready-timeout`, waits for a workload that does not
+/// exist yet.
+async fn watch(args: &BridgeArgs, kube: &Kube, target: &Target) -> Result<PodWatch, UpError> {
+    let what = format!("{target} in namespace {}", kube.namespace);
+    let mut said = false;
+    loop {
+        let started = async {
+            let config = watch_config(kube, target).await?;
+            PodWatch::start(kube, config, args.node_host, what.clone()).await
+        };
+        match started.await {
+            Ok(watch) => return Ok(watch),
+            Err(DiscoverError::NotFound(why)) if args.ready_timeout.is_some() => {
+                waiting(args, &mut said, &why);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Says once what `--ready-timeout` waits for.
+fn waiting(args: &BridgeArgs, said: &mut bool, why: &str) {
+    if !*said {
+        *said = true;
+        let secs = args.ready_timeout.unwrap_or_default();
+        output::warn(
+            args.output,
+            &format!("waiting up to {secs} s for {}: {why}", args.target()),
+        );
+    }
+}
+
+/// Watches the target, checks its first snapshot (with `--ready-timeout`: until it has
+/// something ready), finds the cookie, opens the helper session and bridges every ready pod.
 async fn up(args: &BridgeArgs) -> Result<Up, UpError> {
     let target = args.target();
-    let (client, namespace) = crate::k8s::connect(&args.cluster.options()).await?;
-    let config = watch_config(&client, &namespace, &target).await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let what = format!("{target} in namespace {namespace}");
-    let watch = PodWatch::start(pods, config, args.node_host, what).await?;
-    let snapshot = watch.snapshot();
-    check_first(&target, &namespace, &snapshot)?;
+    let kube = crate::k8s::connect(&args.cluster.options()).await?;
+    let mut watch = watch(args, &kube, &target).await?;
+    let mut said = false;
+    let snapshot = loop {
+        let snapshot = watch.snapshot();
+        match check_first(&target, &kube.namespace, &snapshot) {
+            Ok(_) => break snapshot,
+            Err(DiscoverError::NotFound(why) | DiscoverError::NotReady(why))
+                if args.ready_timeout.is_some() =>
+            {
+                waiting(args, &mut said, &why);
+                watch.changed().await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let ready: Vec<_> = snapshot.into_values().filter_map(Result::ok).collect();
-    let cookie =
-        crate::cookie::find(&client, &namespace, args.cookie_from.as_ref(), &ready).await?;
+    let cookie = crate::cookie::find(&kube, args.cookie_from.as_ref(), &ready).await?;
     let ips: Vec<IpAddr> = ready.iter().map(|p| p.ip).collect();
     let (reach, fallback) = reach(args, &format!("erlbridge up {target}"), &ips).await?;
-    let bridge = Bridge::up(client, &namespace, watch, reach).await?;
+    let bridge = Bridge::up(kube, watch, reach).await?;
     Ok(Up {
         bridge,
         cookie,
@@ -195,8 +275,8 @@ async fn up(args: &BridgeArgs) -> Result<Up, UpError> {
     })
 }
 
-/// Brings the bridge up (within `--ready-timeout`), writes the cookie file if asked, and
-/// reports it ready.
+/// Brings the bridge up (within `--ready-timeout`), writes the cookie file if asked, and says
+/// what is not bridged and why; the caller reports it ready.
 pub(crate) async fn bring_up(args: &BridgeArgs) -> Result<Up, Failure> {
     if args.output == Output::Text {
         eprintln!("erlbridge: bridging {} ...", args.target());
@@ -231,32 +311,69 @@ pub(crate) async fn bring_up(args: &BridgeArgs) -> Result<Up, Failure> {
     }
     let ready = up.bridge.ready();
     for why in &ready.skipped {
-        output::warn(Output::Text, &format!("not bridged: {why}"));
+        output::warn(
+            args.output,
+            &format!("not bridged yet: {why}; it will be the moment it is Ready"),
+        );
     }
     if let Some(why) = &up.fallback {
         output::warn(args.output, &format!("using mode epmd: {why}"));
     }
-    report_ready(args, &ready, up.cookie.as_deref());
     Ok(up)
+}
+
+/// The ready event, in JSON mode.
+pub(crate) fn ready_event(ready: &Ready) -> Event {
+    Event::Ready {
+        nodes: ready.nodes.clone(),
+        inetrc: ready.inetrc.clone(),
+        mode: ready.mode,
+        erl_flags: ready.erl_flags.clone(),
+    }
 }
 
 fn report_ready(args: &BridgeArgs, ready: &Ready, cookie: Option<&str>) {
     match args.output {
-        Output::Json => output::emit(&Event::Ready {
-            nodes: ready.nodes.clone(),
-            inetrc: ready.inetrc.clone(),
-            mode: ready.mode,
-            erl_flags: ready.erl_flags.clone(),
-        }),
-        Output::Text => output::say(&output::text::ready(ready, cookie, args.show_cookie)),
+        Output::Json => output::emit(&ready_event(ready)),
+        Output::Text => output::say(&output::text::ready(
+            ready,
+            cookie,
+            args.show_cookie,
+            &local_name(args, "me"),
+        )),
+    }
+}
+
+/// The local node's name: `--name` (with 127.0.0.1 as its host when it names none), else
+/// `PREFIX-PID@127.0.0.1`, unique to this run.
+pub(crate) fn local_name(args: &BridgeArgs, prefix: &str) -> String {
+    match &args.name {
+        Some(name) if name.contains('@') => name.clone(),
+        Some(name) => format!("{name}@127.0.0.1"),
+        None => format!("{prefix}-{}@127.0.0.1", std::process::id()),
     }
 }
 
 /// Runs `erlbridge up`; returns the process's exit code.
 pub async fn run(args: UpArgs) -> Result<u8, Failure> {
+    if !args.command.is_empty() {
+        // CMD's stdout and stderr are CMD's own: erlbridge speaks on another channel.
+        let sink: Box<dyn std::io::Write + Send> = match &args.events {
+            Some(spec) => output::open_events(spec).map_err(|e| {
+                Failure::new(
+                    exit::USAGE,
+                    "usage",
+                    format!("cannot open --events {spec}: {e}"),
+                )
+            })?,
+            None => Box::new(std::io::stderr()),
+        };
+        output::redirect(sink);
+    }
     let Up {
         mut bridge, cookie, ..
     } = bring_up(&args.bridge).await?;
+    report_ready(&args.bridge, &bridge.ready(), cookie.as_deref());
     let env = command_env(&bridge.ready(), cookie.as_deref());
     let out = args.bridge.output;
     let started = std::time::Instant::now();
@@ -342,28 +459,60 @@ pub(crate) fn with_erl_aflags(flags: &str) -> String {
     }
 }
 
+/// How long CMD may take to end after erlbridge passed it a signal, before it is killed.
+const COMMAND_GRACE: Duration = Duration::from_secs(5);
+
+/// The shell's exit code for a command that could not be started: 127 when it does not exist,
+/// 126 when it cannot be executed; and what to say.
+fn not_started(command: &str, e: &std::io::Error) -> (u8, String) {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => (127, format!("{command}: command not found")),
+        std::io::ErrorKind::PermissionDenied => (126, format!("{command}: permission denied")),
+        _ => (126, format!("{command}: cannot be executed: {e}")),
+    }
+}
+
+/// The shell's exit code for a finished command: its own, or 128+N when signal N ended it.
+pub(crate) fn shell_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(exit::OTHER),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(exit::OTHER),
+        (None, None) => exit::OTHER,
+    }
+}
+
 async fn run_command(args: &UpArgs, env: Vec<(String, String)>) -> u8 {
     let mut cmd = tokio::process::Command::new(&args.command[0]);
     cmd.args(&args.command[1..]).envs(env).kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let message = format!("cannot run {}: {e}", args.command[0]);
-            output::fail(args.bridge.output, &Failure::new(127, "command", message));
-            return 127;
+            let (code, message) = not_started(&args.command[0], &e);
+            output::fail(args.bridge.output, &Failure::new(code, "command", message));
+            return code;
         }
     };
     let status = tokio::select! {
         status = child.wait() => status,
         signal = stop_signal() => {
-            let _ = child.kill().await;
-            return 128 + signal;
+            // Pass the signal on, give CMD a moment to end, then end it.
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok())
+                && let Ok(sig) = nix::sys::signal::Signal::try_from(i32::from(signal))
+            {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+            }
+            match tokio::time::timeout(COMMAND_GRACE, child.wait()).await {
+                Ok(status) => status,
+                Err(_) => {
+                    let _ = child.kill().await;
+                    return 128 + signal;
+                }
+            }
         }
     };
     let code = match status {
-        Ok(s) => s
-            .code()
-            .map_or(exit::OTHER, |c| u8::try_from(c).unwrap_or(exit::OTHER)),
+        Ok(status) => shell_code(status),
         Err(_) => exit::OTHER,
     };
     if args.bridge.output == Output::Json {

@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use tracing::debug;
 
 use crate::discover::{DiscoverError, NodeHost, Snapshot, api_error, pod_info};
+use crate::k8s::Kube;
 
 /// A live watch of the target's pods.
 pub struct PodWatch {
@@ -24,32 +24,35 @@ pub struct PodWatch {
 }
 
 impl PodWatch {
-    /// Starts watching the pods `config` selects and returns once the first list is complete.
-    /// An error before that is the caller's to report (wrong credentials, no such namespace);
-    /// later ones are retried with backoff.
+    /// Starts watching the pods `config` selects and returns once the first list is complete
+    /// (within the request timeout). An error before that is the caller's to report (wrong
+    /// credentials, no such namespace); later ones are retried with backoff.
     pub async fn start(
-        api: Api<Pod>,
+        kube: &Kube,
         config: watcher::Config,
         node_host: Option<NodeHost>,
         what: String,
     ) -> Result<PodWatch, DiscoverError> {
         let (store, writer) = reflector::store();
-        let mut events = watcher(api, config)
+        let mut events = watcher(kube.pods(), config)
             .default_backoff()
             .reflect(writer)
             .boxed();
-        loop {
-            match events.next().await {
-                Some(Ok(watcher::Event::InitDone)) => break,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(watch_error(e, &what)),
-                None => {
-                    return Err(DiscoverError::NotFound(format!(
-                        "the watch of {what} ended before its first list"
-                    )));
+        let first_list = async {
+            loop {
+                match events.next().await {
+                    Some(Ok(watcher::Event::InitDone)) => return Ok(()),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(watch_error(kube, e, &what)),
+                    None => {
+                        return Err(DiscoverError::NotFound(format!(
+                            "the watch of {what} ended before its first list"
+                        )));
+                    }
                 }
             }
-        }
+        };
+        kube.bounded(first_list).await??;
         Ok(PodWatch {
             store,
             events,
@@ -90,17 +93,18 @@ impl PodWatch {
 }
 
 /// What a watch failure before the first list means for the user.
-fn watch_error(e: watcher::Error, what: &str) -> DiscoverError {
-    match e {
+fn watch_error(kube: &Kube, e: watcher::Error, what: &str) -> DiscoverError {
+    let e = match e {
         watcher::Error::InitialListFailed(e)
         | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => api_error(e, what),
-        watcher::Error::WatchError(status) => api_error(kube::Error::Api(status), what),
+        | watcher::Error::WatchFailed(e) => e,
+        watcher::Error::WatchError(status) => kube::Error::Api(status),
         watcher::Error::NoResourceVersion => {
-            DiscoverError::Api(kube::Error::Api(Box::new(kube::core::Status::failure(
+            kube::Error::Api(Box::new(kube::core::Status::failure(
                 "the API server sent no resourceVersion in a pod list",
                 "BadResponse",
-            ))))
+            )))
         }
-    }
+    };
+    api_error(kube.error(e), what)
 }

@@ -33,12 +33,60 @@ pub fn all(stdout: &str) -> Vec<Event> {
     stdout.lines().filter_map(parse).collect()
 }
 
-/// Waits up to `within` for an event `matches` accepts, skipping others.
+/// Waits up to `within` for an event `matches` accepts, skipping others. Everything the
+/// process printed so far must be plain sentences ([`assert_plain`]).
 pub fn wait(up: &mut Spawned, within: Duration, matches: impl Fn(&Event) -> bool) -> Event {
     let line = up
         .wait_line(within, |l| parse(l).is_some_and(|e| matches(&e)))
         .expect("the event in time");
+    assert_plain(&up.seen().join("\n"));
+    assert_plain(&up.errors().join("\n"));
     parse(&line).expect("an event")
+}
+
+/// What Rust's Debug formatting leaves in text (`Some(..)`, `Os { code: .. }`, kube's
+/// `ApiError: .. (Status { .. })`): never what a person should read.
+const DEBUG_MARKS: [&str; 12] = [
+    "Some(",
+    "None)",
+    "Os {",
+    "Status {",
+    "Error {",
+    "Custom {",
+    "{ code:",
+    "kind: ",
+    "ApiError",
+    "ServiceError",
+    "HyperError",
+    "\\\"",
+];
+
+/// Panics when `output` (text, or JSON events, whose messages are read) carries Debug
+/// formatting.
+pub fn assert_plain(output: &str) {
+    for line in output.lines() {
+        let text = match parse(line) {
+            Some(event) => message(&event),
+            None => line.to_owned(),
+        };
+        for mark in DEBUG_MARKS {
+            assert!(
+                !text.contains(mark),
+                "erlbridge printed Debug formatting ({mark:?}): {text}"
+            );
+        }
+    }
+}
+
+/// The sentences an event carries.
+fn message(event: &Event) -> String {
+    match event {
+        Event::PodUnreachable { message, .. }
+        | Event::Warning { message }
+        | Event::Error { message, .. } => message.clone(),
+        Event::Check { detail, fix, .. } => format!("{detail} {}", fix.as_deref().unwrap_or("")),
+        _ => String::new(),
+    }
 }
 
 /// Waits for the first event but warnings, which must be `ready`.

@@ -15,17 +15,43 @@ pub struct Spawned {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Spawned {
-    /// Starts `cmd` with stdout captured line by line (stderr passes through to the test log).
-    pub fn start(mut cmd: Command) -> anyhow::Result<Spawned> {
+    /// Starts `cmd` with stdout captured line by line (stderr goes where `cmd` says: the test
+    /// log by default).
+    pub fn start(cmd: Command) -> anyhow::Result<Spawned> {
+        Spawned::launch(cmd, false)
+    }
+
+    /// The same, keeping stderr's lines too ([`Spawned::errors`]) while copying them to the test
+    /// log.
+    pub fn start_capturing(cmd: Command) -> anyhow::Result<Spawned> {
+        Spawned::launch(cmd, true)
+    }
+
+    fn launch(mut cmd: Command, capture: bool) -> anyhow::Result<Spawned> {
+        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        if capture {
+            cmd.stderr(Stdio::piped());
+        }
         let mut child = cmd
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {cmd:?}"))?;
         let stdout: ChildStdout = child.stdout.take().context("stdout")?;
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let kept = errors.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    if let Ok(mut kept) = kept.lock() {
+                        kept.push(line);
+                    }
+                }
+            });
+        }
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -38,6 +64,7 @@ impl Spawned {
             child,
             lines,
             seen: Vec::new(),
+            errors,
         })
     }
 
@@ -74,6 +101,11 @@ impl Spawned {
     /// Every stdout line read so far.
     pub fn seen(&self) -> &[String] {
         &self.seen
+    }
+
+    /// Every stderr line so far (when started with [`Spawned::start_capturing`]).
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
     /// Sends `signal` to the child.

@@ -79,11 +79,15 @@ impl Scenario {
         argv
     }
 
-    /// Runs `erlbridge SUB ARGS` to completion as `user`: (exit code, stdout, stderr).
+    /// Runs `erlbridge SUB ARGS` to completion as `user`: (exit code, stdout, stderr). What it
+    /// printed must be plain sentences ([`events::assert_plain`]).
     pub fn run(&self, user: &User, sub: &str, args: &[&str]) -> (i32, String, String) {
         let argv = self.erlbridge(sub, args);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        self.ws.run_as(user, &argv).expect("erlbridge")
+        let (code, out, err) = self.ws.run_as(user, &argv).expect("erlbridge");
+        events::assert_plain(&out);
+        events::assert_plain(&err);
+        (code, out, err)
     }
 
     /// Starts `erlbridge up ARGS --output json` as the user; returns it once ready, with its
@@ -93,7 +97,8 @@ impl Scenario {
         args.extend(["--output", "json"]);
         let argv = self.erlbridge("up", &args);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut up = self.ws.spawn_as(&self.user, &argv).expect("erlbridge");
+        let cmd = self.ws.command_as(&self.user, &argv).expect("erlbridge");
+        let mut up = Spawned::start_capturing(cmd).expect("erlbridge");
         let ready = events::ready(&mut up, Duration::from_secs(60));
         (up, ready)
     }

@@ -98,7 +98,10 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
     let (code, checks) = doctor(&s, &user, &kubeconfig);
     assert_eq!(failing(&checks), Vec::<String>::new(), "{checks:?}");
     assert_eq!(code, 0);
-    assert_eq!(checks.len(), 8, "{checks:?}");
+    assert_eq!(checks.len(), 11, "{checks:?}");
+    for step in ["target", "epmd", "policy"] {
+        assert!(checks[step].ok, "{step}: {checks:?}");
+    }
     assert!(
         text(&checks, "mode", "detail").starts_with("nat: erlbridge-helperd answers"),
         "{checks:?}"
@@ -132,7 +135,7 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
         "{checks:?}"
     );
     assert!(
-        text(&checks, "helper", "fix").contains("usermod -aG erlbridge"),
+        text(&checks, "helper", "fix").contains("usermod -aG 61000 <your user>"),
         "{checks:?}"
     );
 
@@ -156,8 +159,8 @@ fn doctor_passes_a_healthy_setup_and_names_each_problem_with_its_fix() {
     let (code, checks) = doctor(&s, &user, &read_only);
     assert_eq!(
         (code, failing(&checks)),
-        (1, vec!["rbac".to_owned()]),
-        "{checks:?}"
+        (1, vec!["epmd".to_owned(), "rbac".to_owned()]),
+        "the port-forward to ask the pod's epmd is refused too: {checks:?}"
     );
     assert!(
         text(&checks, "rbac", "detail").contains("create pods/portforward"),

@@ -191,7 +191,7 @@ fn dns_named_nodes_and_commands_need_nothing_else() {
     assert!(out.contains("-epmd_module erlbridge_epmd -hidden"), "{out}");
     assert!(err.contains("using mode epmd"), "{err}");
     // Text mode tells a person the flags and the limits.
-    let (code, text, _) = s.run(&s.user, "up", &["app-0", "--", "true"]);
+    let (code, _, text) = s.run(&s.user, "up", &["app-0", "--", "true"]);
     assert_eq!(code, 0);
     for said in [
         "mode epmd",
@@ -295,7 +295,8 @@ fn auto_picks_nat_with_the_helper_and_epmd_never_asks_it() {
     s.helper().stop(Signal::SIGTERM).expect("stop");
     let (code, out, err) = s.run(&s.user, "up", &["app-0", "--output", "json", "--", "true"]);
     assert_eq!(code, 0, "{out}{err}");
-    let said = events::all(&out);
+    // With -- CMD, erlbridge's events go to stderr: CMD's stdout is CMD's.
+    let said = events::all(&err);
     assert!(
         said.iter().any(|e| matches!(e, Event::Warning { message } if message.contains("using mode epmd") && message.contains("not reachable"))),
         "{out}"

@@ -323,7 +323,7 @@ fn bad_input_gets_a_clear_error_an_exit_code_and_leaves_nothing() {
             &user,
             vec!["-l", "app=nothing"],
             3,
-            "has no pods",
+            "no pod in namespace default has the labels app=nothing",
         ),
         ("pod not Running", &user, vec!["pending"], 4, "Pending"),
         (
@@ -373,7 +373,7 @@ fn bad_input_gets_a_clear_error_an_exit_code_and_leaves_nothing() {
             &outsider,
             vec!["app-0", "--mode", "nat"],
             7,
-            "usermod -aG erlbridge",
+            "add you to group 61000 (usermod -aG 61000 <your user>)",
         ),
         (
             "helper not running",

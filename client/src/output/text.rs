@@ -6,8 +6,9 @@ use crate::forward::ForwardError;
 use crate::output::chain;
 use crate::reach::Mode;
 
-/// The ready report; the cookie goes into the commands only when `show_cookie` says so.
-pub fn ready(ready: &Ready, cookie: Option<&str>, show_cookie: bool) -> String {
+/// The ready report; the cookie goes into the commands only when `show_cookie` says so, and
+/// the local node is called `local`.
+pub fn ready(ready: &Ready, cookie: Option<&str>, show_cookie: bool, local: &str) -> String {
     let mut text = String::new();
     let count = ready.nodes.len();
     let how = match ready.mode {
@@ -64,8 +65,8 @@ pub fn ready(ready: &Ready, cookie: Option<&str>, show_cookie: bool) -> String {
     };
     text.push_str(&format!(
         "\n{intro}\n\
-         \x20 {env}iex {iex_erl}--name me@127.0.0.1 --cookie {cookie} --hidden --remsh {node}\n\
-         \x20 {env}erl -name me@127.0.0.1 -setcookie {cookie} -hidden{erl_flags} -remsh {node}\n\
+         \x20 {env}iex {iex_erl}--name {local} --cookie {cookie} --hidden --remsh {node}\n\
+         \x20 {env}erl -name {local} -setcookie {cookie} -hidden{erl_flags} -remsh {node}\n\
          \x20 or, in a node started with --hidden: Node.connect(:\"{node}\")\n",
     ));
     if let Some(flags) = &ready.erl_flags {
