@@ -267,7 +267,7 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// A pod by name.
+    /// A pod by name: `app-0` in namespace `default`, `NAMESPACE/NAME` in any other.
     pub fn pod(&self, name: &str) -> &Pod {
         self.pods
             .get(name)
@@ -277,6 +277,11 @@ impl Cluster {
     /// Every pod, by name.
     pub fn pods(&self) -> impl Iterator<Item = &Pod> {
         self.pods.values()
+    }
+
+    /// The directory holding the pod nodes' home directories.
+    pub fn pods_home(&self) -> &Path {
+        self.home.path()
     }
 
     /// The cluster namespace (the API server's; it has a direct route to every pod).
@@ -408,7 +413,7 @@ impl Cluster {
         desc.ready = true;
         self.emulator.apply_pod(desc.clone());
         self.pods.insert(
-            desc.name.clone(),
+            pod_key(&desc),
             Pod {
                 node,
                 _sidecars: sidecars,
@@ -456,6 +461,7 @@ impl Cluster {
                         .owner
                         .as_ref()
                         .is_some_and(|(_, n)| *n == workload.name)
+                        && p.desc.namespace == workload.namespace
                         && p.node_name.is_some()
                 })
                 .collect();
@@ -535,7 +541,7 @@ impl Cluster {
         for i in replicas..before {
             let pod = spec.pod(kind, i);
             self.emulator.delete_pod(&pod.namespace, &pod.name);
-            self.pods.remove(&pod.name);
+            self.pods.remove(&pod_key(&pod));
         }
         for w in self
             .manifest
@@ -565,6 +571,14 @@ impl Cluster {
             );
         }
         Ok(())
+    }
+}
+
+/// How [`Cluster::pod`] names a pod: `NAME` in `default`, `NAMESPACE/NAME` elsewhere.
+fn pod_key(desc: &PodDesc) -> String {
+    match desc.namespace.as_str() {
+        "default" => desc.name.clone(),
+        namespace => format!("{namespace}/{}", desc.name),
     }
 }
 

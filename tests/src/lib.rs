@@ -20,6 +20,7 @@ pub mod netns;
 pub mod package;
 pub mod process;
 pub mod scenario;
+pub mod standing;
 pub mod terminal;
 pub mod user;
 pub mod workstation;

@@ -73,7 +73,14 @@ impl Drop for PacketDrop {
 pub struct Workstation {
     /// The namespace.
     pub ns: Netns,
-    scratch: tempfile::TempDir,
+    scratch: Scratch,
+}
+
+/// The scratch directory: the workstation's own, or the standing test bed's.
+#[derive(Debug)]
+enum Scratch {
+    Owned(tempfile::TempDir),
+    Attached(PathBuf),
 }
 
 impl Workstation {
@@ -121,7 +128,20 @@ impl Workstation {
         }
         let scratch = tempfile::Builder::new().prefix("eb-ws-").tempdir()?;
         std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))?;
-        Ok(Workstation { ns, scratch })
+        Ok(Workstation {
+            ns,
+            scratch: Scratch::Owned(scratch),
+        })
+    }
+
+    /// The workstation another process made (the standing test bed's, see
+    /// [`crate::standing`]): namespace `ns` and scratch directory `scratch`, both left alone
+    /// when this is dropped.
+    pub fn attach(ns: &str, scratch: &Path) -> anyhow::Result<Workstation> {
+        Ok(Workstation {
+            ns: Netns::attach(ns)?,
+            scratch: Scratch::Attached(scratch.to_path_buf()),
+        })
     }
 
     /// Removes the IPv4 default route (connect() to a pod address then finds no route), or
@@ -137,12 +157,15 @@ impl Workstation {
 
     /// The scratch directory (readable by every test user).
     pub fn scratch(&self) -> &Path {
-        self.scratch.path()
+        match &self.scratch {
+            Scratch::Owned(dir) => dir.path(),
+            Scratch::Attached(path) => path,
+        }
     }
 
     /// A home directory owned by `user`, created on first use.
     pub fn home(&self, user: &User) -> anyhow::Result<PathBuf> {
-        let home = self.scratch.path().join(format!("home-{}", user.uid));
+        let home = self.scratch().join(format!("home-{}", user.uid));
         if !home.exists() {
             std::fs::create_dir(&home)?;
             std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid))?;
