@@ -1,14 +1,15 @@
 //! The test cluster itself, checked with the clients that will be pointed at it: real kubectl,
 //! kube-rs, and real Erlang nodes. Needs root: CI runs it as root.
 
-mod kube_client;
+#[allow(dead_code)] // each test binary uses its own part of it
+mod harness;
 
 use std::time::Duration;
 
-use erlbridge_testbed::{Bins, Cluster, User, Workstation, require_root};
+use erlbridge_testbed::{Bins, Cluster, User, Workstation};
 use futures::TryStreamExt;
+use harness::{epmd_names, kubectl, pods};
 use kube::api::{ListParams, WatchEvent, WatchParams};
-use kube_client::{epmd_names, kubectl, pods};
 
 const MANIFEST: &str = r#"
 [[statefulsets]]
@@ -30,10 +31,7 @@ data = { cookie = "monster" }
 "#;
 
 fn cluster() -> (Workstation, Cluster) {
-    require_root();
-    let ws = Workstation::new().expect("workstation");
-    let cluster = Cluster::start(&ws, MANIFEST).expect("cluster");
-    (ws, cluster)
+    harness::cluster(MANIFEST)
 }
 
 #[test]

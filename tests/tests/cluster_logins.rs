@@ -3,7 +3,8 @@
 //! contexts and files, a path prefix, in-cluster service accounts with rotation, a CONNECT
 //! proxy as the only path, and an API server whose packets are dropped. Needs root.
 
-mod kube_client;
+#[allow(dead_code)] // each test binary uses its own part of it
+mod harness;
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use erlbridge_testbed::logins::{
     CONTEXT_ELSEWHERE, CONTEXT_NO_RIGHTS, CONTEXT_STAGING, CONTEXT_TEST,
 };
 use erlbridge_testbed::{Bins, Cluster, User, Workstation, require_root};
-use kube_client::{epmd_names, kubectl, pods};
+use harness::{epmd_names_from, kubectl};
 
 const MANIFEST: &str = r#"
 [[statefulsets]]
@@ -25,10 +26,7 @@ env = { RELEASE_NODE = "app@$(POD_IP)", RELEASE_COOKIE = "monster" }
 "#;
 
 fn cluster() -> (Workstation, Cluster) {
-    require_root();
-    let ws = Workstation::new().expect("workstation");
-    let cluster = Cluster::start(&ws, MANIFEST).expect("cluster");
-    (ws, cluster)
+    harness::cluster(MANIFEST)
 }
 
 /// `kubectl get pods -o name` with `kubeconfig` (and `args`) as `user`: (code, stdout, stderr).
@@ -61,10 +59,7 @@ fn the_exec_plugin_logs_the_user_in_again_when_its_token_expires() {
     assert!(login.calls() > calls);
 
     // kube-rs runs it too, and its expired tokens are refused.
-    let kubeconfig = login.kubeconfig.clone();
-    let names = ws
-        .block_on(move || async move { epmd_names(&pods(kubeconfig).await, "app-0").await })
-        .expect("workstation");
+    let names = epmd_names_from(&ws, login.kubeconfig.clone(), "app-0");
     assert_eq!(names[0].0, "app");
 }
 
@@ -77,9 +72,7 @@ fn client_certificates_and_several_contexts_whole_or_split_across_files() {
         .expect("certificate");
     let (code, out, err) = get_pods(&ws, &user, &cert, &[]);
     assert_eq!((code, out.as_str()), (0, "pod/app-0\n"), "{err}");
-    let names = ws
-        .block_on(move || async move { epmd_names(&pods(cert).await, "app-0").await })
-        .expect("workstation");
+    let names = epmd_names_from(&ws, cert, "app-0");
     assert_eq!(names[0].0, "app");
 
     let contexts = cluster.contexts(CONTEXT_ELSEWHERE).expect("contexts");
@@ -169,10 +162,7 @@ fn an_api_server_under_a_path_prefix_serves_everything_there() {
     let user = User::outsider(61017);
     let (code, out, err) = get_pods(&ws, &user, &cluster.kubeconfig, &[]);
     assert_eq!((code, out.as_str()), (0, "pod/app-0\n"), "{err}");
-    let kubeconfig = cluster.kubeconfig.clone();
-    let names = ws
-        .block_on(move || async move { epmd_names(&pods(kubeconfig).await, "app-0").await })
-        .expect("workstation");
+    let names = epmd_names_from(&ws, cluster.kubeconfig.clone(), "app-0");
     assert_eq!(names[0].0, "app");
 }
 

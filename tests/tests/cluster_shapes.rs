@@ -1,21 +1,15 @@
 //! Pod shapes of the test cluster, checked with real Erlang nodes, kube-rs and kubectl: nodes
 //! without epmd, epmd on another port, IPv6 and dual-stack pods, sidecars. Needs root.
 
-mod kube_client;
+#[allow(dead_code)] // each test binary uses its own part of it
+mod harness;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use erlbridge_testbed::cluster::{BRIDGE_V6, SIDECAR_GREETING};
-use erlbridge_testbed::{Cluster, User, Workstation, erlang, require_root};
-use kube_client::{epmd_names, epmd_names_on, forward_read, kubectl, pods};
-
-fn cluster(manifest: &str) -> (Workstation, Cluster) {
-    require_root();
-    let ws = Workstation::new().expect("workstation");
-    let cluster = Cluster::start(&ws, manifest).expect("cluster");
-    (ws, cluster)
-}
+use erlbridge_testbed::{Cluster, User, erlang};
+use harness::{cluster, epmd_names, epmd_names_from, epmd_names_on, forward_read, kubectl, pods};
 
 /// Whether a TCP connection to `addr` opens from inside namespace `ns` within 3 s.
 fn connects(ns: &str, addr: SocketAddr) -> bool {
@@ -26,14 +20,18 @@ fn connects(ns: &str, addr: SocketAddr) -> bool {
 }
 
 /// Evaluates `expr` on a hidden node started in the cluster namespace (which reaches every
-/// pod) with `flags`: a peer that is not one of the pods.
-fn from_cluster_ns(cluster: &Cluster, name: &str, expr: &str, flags: &[&str]) -> String {
-    let argv = erlang::eval_argv(name, "monster", expr, flags);
+/// pod): a peer that is not one of the pods, set up as `dist` says (plain when `None`).
+fn from_cluster_ns(cluster: &Cluster, expr: &str, dist: Option<&erlang::Dist>) -> String {
+    let dist = dist.cloned().unwrap_or_default();
+    let flags = dist.peer_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let argv = erlang::eval_argv("peer@10.244.0.1", "monster", expr, &flags);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = cluster
         .netns()
         .command(&argv)
         .env("HOME", "/tmp")
+        .envs(dist.peer_env())
         .output()
         .expect("erl");
     erlang::parse_result(&String::from_utf8_lossy(&out.stdout)).unwrap_or_else(|e| e)
@@ -84,16 +82,8 @@ fn a_node_without_epmd_listens_on_its_fixed_port_and_peers_with_the_same_port_re
     // A peer outside the pods reaches it with the same flags; without them it cannot.
     let node = format!("noepmd@{}", n0.ip());
     let expr = format!("net_adm:ping('{node}')");
-    let peer = n0.dist.peer_flags();
-    let peer: Vec<&str> = peer.iter().map(String::as_str).collect();
-    assert_eq!(
-        from_cluster_ns(&cluster, "peer@10.244.0.1", &expr, &peer),
-        "pong"
-    );
-    assert_eq!(
-        from_cluster_ns(&cluster, "plain@10.244.0.1", &expr, &[]),
-        "pang"
-    );
+    assert_eq!(from_cluster_ns(&cluster, &expr, Some(&n0.dist)), "pong");
+    assert_eq!(from_cluster_ns(&cluster, &expr, None), "pang");
 
     // The pod spec says how it runs.
     let user = User::outsider(61012);
@@ -149,20 +139,8 @@ fn epmd_on_another_port_serves_the_node_and_its_peers() {
     assert_eq!(names[0].0, "moved");
     // A peer with ERL_EPMD_PORT reaches it; one asking 4369 does not.
     let expr = format!("net_adm:ping('moved@{}')", m0.ip());
-    let argv = erlang::eval_argv("peer@10.244.0.1", "monster", &expr, &[]);
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let ask = |env: &[(&str, &str)]| {
-        let out = cluster
-            .netns()
-            .command(&argv)
-            .env("HOME", "/tmp")
-            .envs(env.iter().copied())
-            .output()
-            .expect("erl");
-        erlang::parse_result(&String::from_utf8_lossy(&out.stdout)).unwrap_or_else(|e| e)
-    };
-    assert_eq!(ask(&[("ERL_EPMD_PORT", "4370")]), "pong");
-    assert_eq!(ask(&[]), "pang");
+    assert_eq!(from_cluster_ns(&cluster, &expr, Some(&m0.dist)), "pong");
+    assert_eq!(from_cluster_ns(&cluster, &expr, None), "pang");
 }
 
 const IPV6: &str = r#"
@@ -239,10 +217,7 @@ fn ipv6_and_dual_stack_pods_form_clusters_the_workstation_cannot_reach() {
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("{} {d0_v6}", d0.ip()));
-    let kubeconfig = cluster.kubeconfig.clone();
-    let names = ws
-        .block_on(move || async move { epmd_names(&pods(kubeconfig).await, "v6-0").await })
-        .expect("workstation");
+    let names = epmd_names_from(&ws, cluster.kubeconfig.clone(), "v6-0");
     assert_eq!(names.len(), 1);
     assert_eq!(names[0].0, "v6");
 

@@ -1,13 +1,22 @@
-//! What the test bed's own tests use to look at the test cluster as clients do: kube-rs from a
-//! kubeconfig, EPMD's NAMES request through a kube-rs port-forward, kubectl as a user.
+//! What the test bed's own tests share: a workstation and cluster, and ways to look at the
+//! cluster as clients do: kube-rs from a kubeconfig, EPMD's NAMES request through a kube-rs
+//! port-forward, kubectl as a user.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use erlbridge_testbed::{User, Workstation};
+use erlbridge_testbed::{Cluster, User, Workstation, require_root};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A workstation and the cluster `manifest` describes.
+pub fn cluster(manifest: &str) -> (Workstation, Cluster) {
+    require_root();
+    let ws = Workstation::new().expect("workstation");
+    let cluster = Cluster::start(&ws, manifest).expect("cluster");
+    (ws, cluster)
+}
 
 /// A kube-rs client for a kubeconfig file's current context.
 pub async fn client(kubeconfig: impl AsRef<Path>) -> kube::Client {
@@ -54,6 +63,13 @@ pub async fn epmd_names_on(pods: &Api<Pod>, pod: &str, port: u16) -> Vec<(String
 /// EPMD's NAMES request through a kube-rs port-forward to 4369.
 pub async fn epmd_names(pods: &Api<Pod>, pod: &str) -> Vec<(String, u16)> {
     epmd_names_on(pods, pod, 4369).await
+}
+
+/// [`epmd_names`] from the workstation, with `kubeconfig`.
+pub fn epmd_names_from(ws: &Workstation, kubeconfig: PathBuf, pod: &str) -> Vec<(String, u16)> {
+    let pod = pod.to_owned();
+    ws.block_on(move || async move { epmd_names(&pods(kubeconfig).await, &pod).await })
+        .expect("workstation")
 }
 
 /// `kubectl --kubeconfig KUBECONFIG ARGS` as `user` in the workstation: (code, stdout, stderr).
