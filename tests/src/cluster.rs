@@ -399,8 +399,8 @@ impl Cluster {
                 let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
                 let mut cmd = ns.command(&argv);
                 cmd.envs(&env).env("HOME", &home);
-                let node = Spawned::start(cmd)?;
-                wait_node(&ns, name, &dist)?;
+                let mut node = Spawned::start(cmd)?;
+                wait_node(&ns, name, &dist, &mut node)?;
                 Some(node)
             }
             None => None,
@@ -589,9 +589,14 @@ pub(crate) fn write_readable(path: &Path, text: &str) -> anyhow::Result<PathBuf>
     Ok(path.to_path_buf())
 }
 
-/// Waits until `node` is registered with the epmd of `ns` (on its port), or, for a node
-/// without epmd, listens on its port.
-fn wait_node(ns: &Netns, node: &str, dist: &erlang::Dist) -> anyhow::Result<()> {
+/// Waits until `node` (running as `process`) is registered with the epmd of `ns` (on its
+/// port), or, for a node without epmd, listens on its port.
+fn wait_node(
+    ns: &Netns,
+    node: &str,
+    dist: &erlang::Dist,
+    process: &mut Spawned,
+) -> anyhow::Result<()> {
     let alive = node.split('@').next().unwrap_or(node);
     let epmd_port = dist.epmd_port.unwrap_or(4369).to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -610,6 +615,12 @@ fn wait_node(ns: &Netns, node: &str, dist: &erlang::Dist) -> anyhow::Result<()> 
         };
         if up {
             return Ok(());
+        }
+        if let Ok(code) = process.wait_exit(Duration::ZERO) {
+            bail!(
+                "the Erlang node {node} exited ({code}) before it was up; its stderr is in the \
+                 test's output (a node without epmd needs -erl_epmd_port N on OTP 25)"
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use erlbridge_testbed::cluster::{BRIDGE_V6, SIDECAR_GREETING};
-use erlbridge_testbed::{Cluster, User, erlang};
+use erlbridge_testbed::{Cluster, User, erlang, require_root};
 use harness::{cluster, epmd_names, epmd_names_from, epmd_names_on, forward_read, kubectl, pods};
 
 /// Whether a TCP connection to `addr` opens from inside namespace `ns` within 3 s.
@@ -290,4 +290,27 @@ fn sidecars_come_first_and_answer_on_their_ports_beside_the_erlang_node() {
     );
     assert_eq!(names.len(), 1);
     assert_eq!(names[0].0, "side");
+}
+
+#[test]
+fn a_node_that_cannot_start_fails_the_cluster_at_once() {
+    require_root();
+    let ws = erlbridge_testbed::Workstation::new().expect("workstation");
+    // OTP 25 without epmd and without -erl_epmd_port: "register/listen error: econnrefused".
+    let manifest = r#"
+[[pods]]
+name = "broken"
+args = ["-start_epmd", "false", "-kernel", "inet_dist_listen_min", "9100", "inet_dist_listen_max", "9100"]
+env = { RELEASE_NODE = "broken@$(POD_IP)" }
+"#;
+    let started = std::time::Instant::now();
+    let err = Cluster::start(&ws, manifest)
+        .err()
+        .expect("the node cannot start");
+    assert!(err.to_string().contains("exited"), "{err:#}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
 }
