@@ -52,6 +52,11 @@ impl Bins {
         Ok(Bins { dir })
     }
 
+    /// The directory holding the copies.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// The staged copy of binary `name`.
     pub fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()

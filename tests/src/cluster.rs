@@ -3,23 +3,38 @@
 //!
 //! ```text
 //!  workstation ──api0 (172.31.255.2/30)──▶ cluster: emulator on 172.31.255.1:6443, bridge br0
-//!     │ default route to a void                 10.244.0.1/16, no forwarding
+//!     │ default routes to a void                10.244.0.1/16 + fd00:10:244::1/64, no forwarding
 //!     ▼                                          ├── pod app-0: eth0 10.244.1.x/16, erl + epmd
-//!  nowhere                                       ├── pod app-1 ...
+//!  nowhere                                       ├── pod v6-0: eth0 fd00:10:244::x/64
+//!                                                ├── pod dual-0: both ...
 //! ```
 //!
 //! Pods reach each other over the bridge (so their nodes form one cluster); the workstation
 //! reaches the API server and nothing else of the cluster. Everything is killed and removed
 //! when the [`Cluster`] is dropped.
+//!
+//! A pod's shape comes from its manifest entry, as a real pod spec would show it:
+//! - `ip_family = "IPv6"` or `"DualStack"`: addresses from fd00:10:244::/64 (and 10.244.0.0/16);
+//!   `$(POD_IP)` is the first (`status.podIP`), `$(POD_IPS)` all of them, comma-separated. A node
+//!   named by an IPv6 address runs with `-proto_dist inet6_tcp`.
+//! - `args`: appended to erl's command line (to elixir's through `--erl`), as a release's
+//!   vm.args. No epmd: `args = ["-start_epmd", "false", "-erl_epmd_port", "9100"]` (OTP 25; see
+//!   [`crate::erlang`]); the same in `ERL_FLAGS` works too.
+//! - `env`: the node runs with it (expanded), so `ERL_EPMD_PORT = "4370"` moves its epmd, and
+//!   `ERL_FLAGS` adds flags; `RELEASE_NODE`/`RELEASE_COOKIE` name the node and its cookie.
+//! - `sidecars`: listed before the Erlang container; each of their ports answers every
+//!   connection with `hello from NAME` ([`SIDECAR_GREETING`]).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use erlbridge_kube_emulator::manifest::{Manifest, expand};
-use erlbridge_kube_emulator::{Access, Emulator, PodDesc};
+use erlbridge_kube_emulator::{Access, Emulator, IpFamily, PodDesc, StartOptions};
+use tokio::io::AsyncWriteExt;
 
 use crate::erlang;
 use crate::netns::Netns;
@@ -32,12 +47,38 @@ pub const API_ADDR: &str = "172.31.255.1:6443";
 pub const TOKEN: &str = "erlbridge-test-token";
 /// A valid token without any RBAC rights.
 pub const NO_RIGHTS_TOKEN: &str = "erlbridge-no-rights";
+/// The cluster namespace's address on the pods' IPv6 network (their default route).
+pub const BRIDGE_V6: &str = "fd00:10:244::1";
+/// What a sidecar's port says to every connection, followed by the container's name and a
+/// newline: `hello from envoy\n`.
+pub const SIDECAR_GREETING: &str = "hello from ";
+
+/// The `n`-th pod IPv4 address.
+fn pod_v4(n: u32) -> String {
+    format!("10.244.{}.{}", 1 + n / 250, n % 250 + 1)
+}
+
+/// The `n`-th pod IPv6 address, in the emulator's range (fd00:10:244::/64).
+fn pod_v6(n: u32) -> String {
+    format!("fd00:10:244::{n:x}")
+}
+
+/// A sidecar's listener, stopped when dropped.
+#[derive(Debug)]
+struct Sidecar(tokio::task::JoinHandle<()>);
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// A pod: its namespace and its Erlang node.
 #[derive(Debug)]
 pub struct Pod {
-    // Drop order: the node before its namespace.
+    // Drop order: the node and sidecars before their namespace.
     node: Option<Spawned>,
+    _sidecars: Vec<Sidecar>,
     ns: Netns,
     /// What the API server shows of it.
     pub desc: PodDesc,
@@ -45,6 +86,8 @@ pub struct Pod {
     pub node_name: Option<String>,
     /// Its node's cookie (RELEASE_COOKIE).
     pub cookie: String,
+    /// What a peer needs to reach its node (IPv6, epmd's port, no epmd).
+    pub dist: erlang::Dist,
 }
 
 impl Pod {
@@ -53,23 +96,38 @@ impl Pod {
         self.desc.ip.map(|ip| ip.to_string()).unwrap_or_default()
     }
 
+    /// Its IPv6 address, if it has one (IPv6 and dual-stack pods).
+    pub fn ipv6(&self) -> Option<String> {
+        self.desc
+            .ips()
+            .into_iter()
+            .find(std::net::IpAddr::is_ipv6)
+            .map(|ip| ip.to_string())
+    }
+
     /// Its network namespace.
     pub fn netns(&self) -> &Netns {
         &self.ns
     }
 
-    /// Evaluates `expr` on the pod's node (from a hidden node inside the pod) and returns the
-    /// printed result.
+    /// Evaluates `expr` on the pod's node (from a hidden node inside the pod, dialing it as
+    /// [`Pod::dist`] says) and returns the printed result.
     pub fn eval(&self, expr: &str) -> anyhow::Result<String> {
         let node = self
             .node_name
             .as_deref()
             .context("this pod runs no Erlang node")?;
-        let probe = format!("probe{}@{}", std::process::id(), self.ip());
-        let argv = erlang::eval_argv(&probe, &self.cookie, &erlang::on_node(node, expr), &[]);
+        let host = match self.dist.ipv6 {
+            true => self.ipv6().unwrap_or_else(|| "::1".to_owned()),
+            false => self.ip(),
+        };
+        let probe = format!("probe{}@{host}", std::process::id());
+        let flags = self.dist.peer_flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let argv = erlang::eval_argv(&probe, &self.cookie, &erlang::on_node(node, expr), &flags);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut cmd = self.ns.command(&argv);
-        cmd.env("HOME", "/tmp");
+        cmd.env("HOME", "/tmp").envs(self.dist.peer_env());
         let out = cmd.output().context("erl")?;
         erlang::parse_result(&String::from_utf8_lossy(&out.stdout)).map_err(anyhow::Error::msg)
     }
@@ -91,8 +149,8 @@ pub struct Cluster {
     pods: BTreeMap<String, Pod>,
     /// The API server.
     pub emulator: Emulator,
-    /// The runtime the emulator serves on; dropping it stops the emulator.
-    _runtime: tokio::runtime::Runtime,
+    /// The runtime the emulator (and the sidecars, proxies) serve on; dropping it stops them.
+    pub(crate) runtime: tokio::runtime::Runtime,
     ns: Netns,
     manifest: Manifest,
     next_ip: u32,
@@ -102,18 +160,42 @@ pub struct Cluster {
     /// A kubeconfig for [`NO_RIGHTS_TOKEN`].
     pub no_rights_kubeconfig: PathBuf,
     home: tempfile::TempDir,
+    /// The workstation's scratch directory, where kubeconfigs and login files go.
+    pub(crate) scratch: PathBuf,
 }
 
 impl Cluster {
     /// Builds the cluster a manifest describes, reachable from `ws` through the API only.
     pub fn start(ws: &Workstation, manifest: &str) -> anyhow::Result<Cluster> {
+        Cluster::start_with(ws, manifest, StartOptions::default())
+    }
+
+    /// [`Cluster::start`] with the API server started with `options`, e.g. served under a
+    /// path prefix as Rancher does (every kubeconfig the cluster writes carries it):
+    /// `Cluster::start_with(&ws, MANIFEST, StartOptions::default().path_prefix("/k8s/clusters/c-abc"))`
+    pub fn start_with(
+        ws: &Workstation,
+        manifest: &str,
+        options: StartOptions,
+    ) -> anyhow::Result<Cluster> {
         let manifest = Manifest::parse(manifest).context("the manifest")?;
         let ns = Netns::create("cl")?;
         for argv in [
             &["ip", "link", "add", "br0", "type", "bridge"][..],
             &["ip", "addr", "add", "10.244.0.1/16", "dev", "br0"],
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{BRIDGE_V6}/64"),
+                "dev",
+                "br0",
+                "nodad",
+            ],
             &["ip", "link", "set", "br0", "up"],
             &["sysctl", "-qw", "net.ipv4.ip_forward=0"],
+            &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"],
         ] {
             ns.run(argv)?;
         }
@@ -140,14 +222,18 @@ impl Cluster {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let emulator = runtime.block_on(Emulator::start(API_ADDR.parse()?, Some(ns.name())))?;
+        let emulator = runtime.block_on(Emulator::start_with(
+            API_ADDR.parse()?,
+            Some(ns.name()),
+            options,
+        ))?;
         emulator.add_token(TOKEN, Access::Full);
         emulator.add_token(NO_RIGHTS_TOKEN, Access::Nothing);
-        let write = |name: &str, token: &str| -> anyhow::Result<PathBuf> {
-            let path = ws.scratch().join(name);
-            std::fs::write(&path, emulator.kubeconfig(token, "default"))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
-            Ok(path)
+        let write = |name: &str, token: &str| {
+            write_readable(
+                &ws.scratch().join(name),
+                &emulator.kubeconfig(token, "default"),
+            )
         };
         let kubeconfig = write("kubeconfig", TOKEN)?;
         let no_rights_kubeconfig = write("kubeconfig-no-rights", NO_RIGHTS_TOKEN)?;
@@ -155,7 +241,7 @@ impl Cluster {
         let mut cluster = Cluster {
             pods: BTreeMap::new(),
             emulator,
-            _runtime: runtime,
+            runtime,
             ns,
             manifest: manifest.clone(),
             next_ip: 10,
@@ -163,6 +249,7 @@ impl Cluster {
             kubeconfig,
             no_rights_kubeconfig,
             home: tempfile::Builder::new().prefix("eb-pods-").tempdir()?,
+            scratch: ws.scratch().to_path_buf(),
         };
         for (kind, workload) in manifest.workloads() {
             cluster.emulator.apply_workload(workload.desc(kind));
@@ -180,7 +267,7 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// A pod by name.
+    /// A pod by name: `app-0` in namespace `default`, `NAMESPACE/NAME` in any other.
     pub fn pod(&self, name: &str) -> &Pod {
         self.pods
             .get(name)
@@ -190,6 +277,11 @@ impl Cluster {
     /// Every pod, by name.
     pub fn pods(&self) -> impl Iterator<Item = &Pod> {
         self.pods.values()
+    }
+
+    /// The directory holding the pod nodes' home directories.
+    pub fn pods_home(&self) -> &Path {
+        self.home.path()
     }
 
     /// The cluster namespace (the API server's; it has a direct route to every pod).
@@ -204,18 +296,32 @@ impl Cluster {
             .collect()
     }
 
-    fn allocate_ip(&mut self) -> String {
-        self.next_ip += 1;
-        format!(
-            "10.244.{}.{}",
-            1 + self.next_ip / 250,
-            self.next_ip % 250 + 1
-        )
+    /// The API server's address, as the workstation dials it.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.emulator.addr()
     }
 
-    /// Creates the pod's namespace with a new IP, starts its node, and shows it Running.
+    /// Writes `text` into the workstation's scratch directory as `name`, readable by every
+    /// test user; returns its path.
+    pub fn write_file(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+        write_readable(&self.scratch.join(name), text)
+    }
+
+    /// The pod's addresses by its family: (`status.podIP`, the dual-stack second one).
+    fn allocate_ips(&mut self, family: IpFamily) -> (String, Option<String>) {
+        self.next_ip += 1;
+        let n = self.next_ip;
+        match family {
+            IpFamily::IPv4 => (pod_v4(n), None),
+            IpFamily::IPv6 => (pod_v6(n), None),
+            IpFamily::DualStack => (pod_v4(n), Some(pod_v6(n))),
+        }
+    }
+
+    /// Creates the pod's namespace with new IPs, starts its node and sidecars, and shows it
+    /// Running.
     fn start_pod(&mut self, mut desc: PodDesc) -> anyhow::Result<()> {
-        let ip = self.allocate_ip();
+        let (ip, second_ip) = self.allocate_ips(desc.ip_family);
         let ns = Netns::create("pod")?;
         self.next_link += 1;
         let link = format!("vp{}", self.next_link);
@@ -234,59 +340,114 @@ impl Cluster {
         ])?;
         self.ns
             .run(&["ip", "link", "set", &link, "master", "br0", "up"])?;
-        ns.run(&["ip", "addr", "add", &format!("{ip}/16"), "dev", "eth0"])?;
         ns.run(&["ip", "link", "set", "eth0", "up"])?;
-        ns.run(&["ip", "route", "add", "default", "via", "10.244.0.1"])?;
+        for addr in std::iter::once(&ip).chain(&second_ip) {
+            if addr.contains(':') {
+                let cidr = format!("{addr}/64");
+                ns.run(&["ip", "-6", "addr", "add", &cidr, "dev", "eth0", "nodad"])?;
+                ns.run(&["ip", "-6", "route", "add", "default", "via", BRIDGE_V6])?;
+            } else {
+                ns.run(&["ip", "addr", "add", &format!("{addr}/16"), "dev", "eth0"])?;
+                ns.run(&["ip", "route", "add", "default", "via", "10.244.0.1"])?;
+            }
+        }
 
+        let ips: Vec<&str> = std::iter::once(ip.as_str())
+            .chain(second_ip.as_deref())
+            .collect();
         let vars = BTreeMap::from([
             ("POD_IP".to_owned(), ip.clone()),
+            ("POD_IPS".to_owned(), ips.join(",")),
             ("POD_NAME".to_owned(), desc.name.clone()),
             ("POD_NAMESPACE".to_owned(), desc.namespace.clone()),
         ]);
-        let node_name = desc.env.get("RELEASE_NODE").map(|n| expand(n, &vars));
-        let cookie = desc
+        let env: BTreeMap<String, String> = desc
             .env
+            .iter()
+            .map(|(k, v)| (k.clone(), expand(v, &vars)))
+            .collect();
+        let node_name = env.get("RELEASE_NODE").cloned();
+        let cookie = env
             .get("RELEASE_COOKIE")
             .cloned()
             .unwrap_or_else(|| "cookie".to_owned());
-        let dist_port = desc
-            .env
+        let dist_port = env
             .get("ERL_DIST_PORT")
             .and_then(|p| p.parse().ok())
             .filter(|p| *p > 0);
+        let args: Vec<String> = desc.args.iter().map(|a| expand(a, &vars)).collect();
+        let dist = node_name
+            .as_deref()
+            .map(|name| erlang::Dist::of(name, &args, &env))
+            .unwrap_or_default();
         let node = match &node_name {
             Some(name) => {
                 let home = self.home.path().join(&desc.name);
                 std::fs::create_dir_all(&home)?;
+                let mut flags = dist.node_flags();
+                flags.extend(args);
                 let argv = match desc.command.first().map(String::as_str) {
-                    Some("elixir") => erlang::elixir_node_argv(name, &cookie, dist_port),
-                    _ => erlang::node_argv(name, &cookie, dist_port),
+                    Some("elixir") => {
+                        erlang::elixir_node_argv_with(name, &cookie, dist_port, &flags)
+                    }
+                    _ => {
+                        let mut argv = erlang::node_argv(name, &cookie, dist_port);
+                        argv.extend(flags);
+                        argv
+                    }
                 };
                 let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
                 let mut cmd = ns.command(&argv);
-                cmd.env("HOME", &home);
-                let node = Spawned::start(cmd)?;
-                wait_registered(&ns, name)?;
+                cmd.envs(&env).env("HOME", &home);
+                let mut node = Spawned::start(cmd)?;
+                wait_node(&ns, name, &dist, &mut node)?;
                 Some(node)
             }
             None => None,
         };
+        let sidecars = self.start_sidecars(&ns, &desc)?;
         desc.ip = Some(ip.parse()?);
+        desc.second_ip = second_ip.map(|ip| ip.parse()).transpose()?;
         desc.netns = Some(ns.name().to_owned());
         desc.phase = "Running".to_owned();
         desc.ready = true;
         self.emulator.apply_pod(desc.clone());
         self.pods.insert(
-            desc.name.clone(),
+            pod_key(&desc),
             Pod {
                 node,
+                _sidecars: sidecars,
                 ns,
                 desc,
                 node_name,
                 cookie,
+                dist,
             },
         );
         Ok(())
+    }
+
+    /// A listener on each sidecar port, inside the pod, greeting every connection with
+    /// [`SIDECAR_GREETING`] and the container's name.
+    fn start_sidecars(&self, ns: &Netns, desc: &PodDesc) -> anyhow::Result<Vec<Sidecar>> {
+        let _entered = self.runtime.enter();
+        let mut sidecars = Vec::new();
+        for container in &desc.sidecars {
+            for port in &container.ports {
+                let addr = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port.port));
+                let listener = erlbridge_kube_emulator::netns::bind(Some(ns.name()), addr)
+                    .with_context(|| format!("sidecar {} port {}", container.name, port.port))?;
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let greeting = format!("{SIDECAR_GREETING}{}\n", container.name);
+                sidecars.push(Sidecar(tokio::spawn(async move {
+                    while let Ok((mut conn, _)) = listener.accept().await {
+                        let _ = conn.write_all(greeting.as_bytes()).await;
+                        let _ = conn.shutdown().await;
+                    }
+                })));
+            }
+        }
+        Ok(sidecars)
     }
 
     /// Connects every workload's pod nodes to each other, as a clustered release does.
@@ -300,15 +461,24 @@ impl Cluster {
                         .owner
                         .as_ref()
                         .is_some_and(|(_, n)| *n == workload.name)
+                        && p.desc.namespace == workload.namespace
                         && p.node_name.is_some()
                 })
                 .collect();
             let Some((first, rest)) = members.split_first() else {
                 continue;
             };
+            let first_name = first.node_name.as_deref().unwrap_or_default();
             for pod in rest {
-                let first_name = first.node_name.as_deref().unwrap_or_default();
-                let pong = pod.eval(&format!("net_adm:ping('{first_name}')"))?;
+                // A node that has just started listening may still be finishing its start.
+                let mut pong = String::new();
+                for _ in 0..3 {
+                    pong = pod.eval(&format!("net_adm:ping('{first_name}')"))?;
+                    if pong == "pong" {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
                 if pong != "pong" {
                     bail!("{} could not reach {first_name}: {pong}", pod.desc.name);
                 }
@@ -328,6 +498,7 @@ impl Cluster {
         let mut desc = old.desc.clone();
         drop(old);
         desc.ip = None;
+        desc.second_ip = None;
         desc.netns = None;
         desc.phase = "Pending".to_owned();
         desc.ready = false;
@@ -370,7 +541,7 @@ impl Cluster {
         for i in replicas..before {
             let pod = spec.pod(kind, i);
             self.emulator.delete_pod(&pod.namespace, &pod.name);
-            self.pods.remove(&pod.name);
+            self.pods.remove(&pod_key(&pod));
         }
         for w in self
             .manifest
@@ -403,17 +574,58 @@ impl Cluster {
     }
 }
 
-/// Waits until `node` is registered with the epmd of `ns`.
-fn wait_registered(ns: &Netns, node: &str) -> anyhow::Result<()> {
+/// How [`Cluster::pod`] names a pod: `NAME` in `default`, `NAMESPACE/NAME` elsewhere.
+fn pod_key(desc: &PodDesc) -> String {
+    match desc.namespace.as_str() {
+        "default" => desc.name.clone(),
+        namespace => format!("{namespace}/{}", desc.name),
+    }
+}
+
+/// Writes `text` to `path`, readable by every test user.
+pub(crate) fn write_readable(path: &Path, text: &str) -> anyhow::Result<PathBuf> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    Ok(path.to_path_buf())
+}
+
+/// Waits until `node` (running as `process`) is registered with the epmd of `ns` (on its
+/// port), or, for a node without epmd, listens on its port.
+fn wait_node(
+    ns: &Netns,
+    node: &str,
+    dist: &erlang::Dist,
+    process: &mut Spawned,
+) -> anyhow::Result<()> {
     let alive = node.split('@').next().unwrap_or(node);
+    let epmd_port = dist.epmd_port.unwrap_or(4369).to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if let Ok(names) = ns.run(&["epmd", "-names"])
-            && names.contains(&format!("name {alive} at port"))
-        {
+        let up = match dist.epmdless_port {
+            Some(port) => {
+                let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+                erlbridge_kube_emulator::netns::within(ns.name(), move || {
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                })
+                .is_ok()
+            }
+            None => ns
+                .run(&["epmd", "-port", &epmd_port, "-names"])
+                .is_ok_and(|names| names.contains(&format!("name {alive} at port"))),
+        };
+        if up {
             return Ok(());
+        }
+        if let Ok(code) = process.wait_exit(Duration::ZERO) {
+            bail!(
+                "the Erlang node {node} exited ({code}) before it was up; its stderr is in the \
+                 test's output (a node without epmd needs -erl_epmd_port N on OTP 25)"
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("the Erlang node {node} did not register with epmd within 20 s")
+    match dist.epmdless_port {
+        Some(port) => bail!("the Erlang node {node} did not listen on port {port} within 20 s"),
+        None => bail!("the Erlang node {node} did not register with epmd within 20 s"),
+    }
 }

@@ -7,16 +7,20 @@
 //! killed and every namespace removed when the values are dropped, even when a test panics.
 //! Needs root; without it, [`require_root`] stops the test loudly.
 
+pub mod api_proxy;
 pub mod bins;
 pub mod cluster;
 pub mod container;
 pub mod erlang;
 pub mod events;
 pub mod helperd;
+pub mod in_cluster;
+pub mod logins;
 pub mod netns;
 pub mod package;
 pub mod process;
 pub mod scenario;
+pub mod standing;
 pub mod terminal;
 pub mod user;
 pub mod workstation;
@@ -24,12 +28,13 @@ pub mod workstation;
 pub use bins::Bins;
 pub use cluster::Cluster;
 pub use helperd::Helperd;
+pub use in_cluster::InCluster;
 pub use netns::Netns;
 pub use process::{Spawned, rss_kib};
 pub use scenario::Scenario;
 pub use terminal::Terminal;
 pub use user::User;
-pub use workstation::Workstation;
+pub use workstation::{PacketDrop, Workstation};
 
 /// Stops the test with a clear message unless it runs as root. Never a silent skip.
 pub fn require_root() {

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{Context, bail};
 
 /// A named network namespace (`ip netns`). Dropping it kills every process inside and
-/// deletes it.
+/// deletes it, unless it was only [attached](Netns::attach) to.
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    owned: bool,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -39,9 +40,21 @@ impl Netns {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         run(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Netns { name };
+        let ns = Netns { name, owned: true };
         ns.run(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A namespace another process made and will remove (the standing test bed's): dropping
+    /// this leaves it alone.
+    pub fn attach(name: &str) -> anyhow::Result<Netns> {
+        if !std::path::Path::new("/run/netns").join(name).exists() {
+            bail!("there is no network namespace {name}");
+        }
+        Ok(Netns {
+            name: name.to_owned(),
+            owned: false,
+        })
     }
 
     /// The namespace's name.
@@ -96,19 +109,30 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        for _ in 0..50 {
-            let pids = self.pids();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        if self.owned {
+            remove(&self.name);
         }
-        let _ = run(Command::new("ip").args(["netns", "del", &self.name]));
     }
+}
+
+/// Kills every process in namespace `name` and deletes it.
+pub fn remove(name: &str) {
+    let ns = Netns {
+        name: name.to_owned(),
+        owned: false,
+    };
+    for _ in 0..50 {
+        let pids = ns.pids();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = run(Command::new("ip").args(["netns", "del", name]));
 }

@@ -3,7 +3,7 @@
 use std::process::Command;
 
 /// An unprivileged uid with its primary and supplementary groups. No passwd entry is needed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct User {
     /// The uid.
     pub uid: u32,

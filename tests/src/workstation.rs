@@ -3,8 +3,11 @@
 //! connection to a pod address fails unless erlbridge redirects it: the control every
 //! end-to-end test checks first.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::Context;
 
@@ -30,12 +33,54 @@ const DEFAULT_ROUTE: &[&str] = &[
     "uplink",
 ];
 
+/// Runs `cmd` (which runs `argv`) to completion: (exit code, stdout, stderr).
+pub(crate) fn run_to_end(mut cmd: Command, argv: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let output = cmd
+        .output()
+        .with_context(|| format!("cannot run {argv:?}"))?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// Packets to one address, dropped in the workstation until this is dropped.
+#[derive(Debug)]
+pub struct PacketDrop {
+    ns: String,
+    table: String,
+}
+
+impl Drop for PacketDrop {
+    fn drop(&mut self) {
+        // Gone already when the workstation went first.
+        let _ = crate::netns::run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.ns,
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            &self.table,
+        ]));
+    }
+}
+
 /// A workstation namespace and a scratch directory every test user can read.
 #[derive(Debug)]
 pub struct Workstation {
     /// The namespace.
     pub ns: Netns,
-    scratch: tempfile::TempDir,
+    scratch: Scratch,
+}
+
+/// The scratch directory: the workstation's own, or the standing test bed's.
+#[derive(Debug)]
+enum Scratch {
+    Owned(tempfile::TempDir),
+    Attached(PathBuf),
 }
 
 impl Workstation {
@@ -83,7 +128,20 @@ impl Workstation {
         }
         let scratch = tempfile::Builder::new().prefix("eb-ws-").tempdir()?;
         std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))?;
-        Ok(Workstation { ns, scratch })
+        Ok(Workstation {
+            ns,
+            scratch: Scratch::Owned(scratch),
+        })
+    }
+
+    /// The workstation another process made (the standing test bed's, see
+    /// [`crate::standing`]): namespace `ns` and scratch directory `scratch`, both left alone
+    /// when this is dropped.
+    pub fn attach(ns: &str, scratch: &Path) -> anyhow::Result<Workstation> {
+        Ok(Workstation {
+            ns: Netns::attach(ns)?,
+            scratch: Scratch::Attached(scratch.to_path_buf()),
+        })
     }
 
     /// Removes the IPv4 default route (connect() to a pod address then finds no route), or
@@ -99,12 +157,15 @@ impl Workstation {
 
     /// The scratch directory (readable by every test user).
     pub fn scratch(&self) -> &Path {
-        self.scratch.path()
+        match &self.scratch {
+            Scratch::Owned(dir) => dir.path(),
+            Scratch::Attached(path) => path,
+        }
     }
 
     /// A home directory owned by `user`, created on first use.
     pub fn home(&self, user: &User) -> anyhow::Result<PathBuf> {
-        let home = self.scratch.path().join(format!("home-{}", user.uid));
+        let home = self.scratch().join(format!("home-{}", user.uid));
         if !home.exists() {
             std::fs::create_dir(&home)?;
             std::os::unix::fs::chown(&home, Some(user.uid), Some(user.gid))?;
@@ -127,15 +188,27 @@ impl Workstation {
 
     /// Runs `argv` in the workstation as `user` to completion: (exit code, stdout, stderr).
     pub fn run_as(&self, user: &User, argv: &[&str]) -> anyhow::Result<(i32, String, String)> {
-        let output = self
-            .command_as(user, argv)?
-            .output()
-            .with_context(|| format!("cannot run {argv:?}"))?;
-        Ok((
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        ))
+        run_to_end(self.command_as(user, argv)?, argv)
+    }
+
+    /// Drops every packet the workstation sends to `addr` while the returned value lives (an
+    /// nftables table of its own, removed on drop): connections to it hang instead of being
+    /// refused, as behind a VPN that is down. The API server, for the tests of bounded waits:
+    /// `let _down = ws.drop_packets_to(cluster.api_addr())?;`
+    pub fn drop_packets_to(&self, addr: SocketAddr) -> anyhow::Result<PacketDrop> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let table = format!("eb-drop-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let family = if addr.is_ipv4() { "ip" } else { "ip6" };
+        self.ns.nft(&format!(
+            "table inet {table} {{\n chain output {{\n type filter hook output priority 0; \
+             policy accept;\n {family} daddr {} tcp dport {} drop\n }}\n}}\n",
+            addr.ip(),
+            addr.port()
+        ))?;
+        Ok(PacketDrop {
+            ns: self.ns.name().to_owned(),
+            table,
+        })
     }
 
     /// Starts `argv` in the workstation as root.

@@ -1,13 +1,15 @@
 //! The test cluster itself, checked with the clients that will be pointed at it: real kubectl,
 //! kube-rs, and real Erlang nodes. Needs root: CI runs it as root.
 
+#[allow(dead_code)] // each test binary uses its own part of it
+mod harness;
+
 use std::time::Duration;
 
-use erlbridge_testbed::{Bins, Cluster, User, Workstation, require_root};
+use erlbridge_testbed::{Bins, Cluster, User, Workstation};
 use futures::TryStreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, WatchEvent, WatchParams};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use harness::{epmd_names, kubectl, pods};
+use kube::api::{ListParams, WatchEvent, WatchParams};
 
 const MANIFEST: &str = r#"
 [[statefulsets]]
@@ -29,52 +31,15 @@ data = { cookie = "monster" }
 "#;
 
 fn cluster() -> (Workstation, Cluster) {
-    require_root();
-    let ws = Workstation::new().expect("workstation");
-    let cluster = Cluster::start(&ws, MANIFEST).expect("cluster");
-    (ws, cluster)
-}
-
-async fn client(kubeconfig: std::path::PathBuf) -> kube::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .expect("config");
-    kube::Client::try_from(config).expect("client")
-}
-
-/// EPMD's NAMES request through a kube-rs port-forward: (name, port) pairs.
-async fn epmd_names(pods: &Api<Pod>, pod: &str) -> Vec<(String, u16)> {
-    let mut forward = pods.portforward(pod, &[4369]).await.expect("portforward");
-    let mut stream = forward.take_stream(4369).expect("stream");
-    stream.write_all(&[0, 1, 110]).await.expect("NAMES_REQ");
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply))
-        .await
-        .expect("epmd answers and closes")
-        .expect("read");
-    assert!(reply.len() >= 4, "{reply:?}");
-    String::from_utf8_lossy(&reply[4..])
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("name ")?;
-            let (name, port) = rest.split_once(" at port ")?;
-            Some((name.to_owned(), port.parse().ok()?))
-        })
-        .collect()
+    harness::cluster(MANIFEST)
 }
 
 #[test]
 fn kubectl_reads_the_emulator() {
     let (ws, cluster) = cluster();
     let user = User::outsider(61010);
-    let kubectl = |kubeconfig: &std::path::Path, args: &[&str]| {
-        let kc = kubeconfig.display().to_string();
-        let mut argv = vec!["kubectl", "--kubeconfig", &kc, "--request-timeout=10s"];
-        argv.extend(args);
-        ws.run_as(&user, &argv).expect("kubectl")
-    };
+    let kubectl =
+        |kubeconfig: &std::path::Path, args: &[&str]| kubectl(&ws, &user, kubeconfig, args);
     let (code, out, err) = kubectl(&cluster.kubeconfig, &["get", "pods", "-o", "name"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
@@ -124,7 +89,7 @@ fn kube_rs_gets_lists_watches_and_forwards_to_epmd() {
     let app0_ip = cluster.pod("app-0").ip();
     let (rv, names, solo) = ws
         .block_on(move || async move {
-            let pods: Api<Pod> = Api::default_namespaced(client(kubeconfig).await);
+            let pods = pods(kubeconfig).await;
             let app0 = pods.get("app-0").await.expect("get");
             assert_eq!(app0.status.and_then(|s| s.pod_ip), Some(app0_ip));
             let list = pods
@@ -156,7 +121,7 @@ fn kube_rs_gets_lists_watches_and_forwards_to_epmd() {
     let kubeconfig = cluster.kubeconfig.clone();
     let seen = ws
         .block_on(move || async move {
-            let pods: Api<Pod> = Api::default_namespaced(client(kubeconfig).await);
+            let pods = pods(kubeconfig).await;
             let mut events = Box::pin(
                 pods.watch(&WatchParams::default().labels("app=app").timeout(20), &rv)
                     .await

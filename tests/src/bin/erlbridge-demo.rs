@@ -1,23 +1,16 @@
-//! erlbridge-demo (needs root): the whole story on the built-in test cluster. A StatefulSet
-//! `app` of three real Erlang nodes in pod namespaces behind an emulated Kubernetes API,
-//! erlbridge-helperd running as root, and an ordinary user who runs `erlbridge up
-//! statefulset/app` and then reaches every pod node from a hidden local node.
+//! erlbridge-demo (needs root): the whole story on the standing test bed (`sudo scripts/testbed
+//! up`; `scripts/demo` brings it up and down around this). A StatefulSet `app` of three real
+//! Erlang nodes in pod namespaces behind an emulated Kubernetes API, erlbridge-helperd running
+//! as root, and an ordinary user who runs `erlbridge up statefulset/app` and then reaches every
+//! pod node from a hidden local node.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use erlbridge_testbed::{Bins, Cluster, Helperd, User, Workstation, require_root};
-
-const COOKIE: &str = "monster";
-const MANIFEST: &str = r#"
-[[statefulsets]]
-name = "app"
-replicas = 3
-labels = { app = "app" }
-ports = [{ name = "epmd", port = 4369 }]
-env = { RELEASE_NODE = "app@$(POD_IP)", RELEASE_COOKIE = "monster" }
-"#;
+use erlbridge_testbed::require_root;
+use erlbridge_testbed::standing::{Attached, DEFAULT_STATE_DIR};
 
 fn main() -> ExitCode {
     match run() {
@@ -35,21 +28,28 @@ fn step(text: &str) {
 
 fn run() -> anyhow::Result<()> {
     require_root();
-    let bins = Bins::stage(&["erlbridge-helperd", "helper-probe", "erlbridge"])?;
-    let ws = Workstation::new()?;
-    println!("building the test cluster: an API server and 3 pods running real Erlang nodes ...");
-    let cluster = Cluster::start(&ws, MANIFEST)?;
-    let helperd = Helperd::start(&ws, &bins, "")?;
-    let user = User::member(61001);
-    let kubeconfig = cluster.kubeconfig.display().to_string();
-    let socket = helperd.socket.display().to_string();
+    let dir = std::env::args_os()
+        .nth(1)
+        .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from);
+    let bed = Attached::load(&dir)?;
+    let (ws, user, state) = (&bed.ws, bed.user(), &bed.state);
+    let cookie = state.cookie.as_str();
+    let kubeconfig = state.kubeconfig.display().to_string();
+    let socket = state.helper_socket.display().to_string();
+    let node = |pod: &str| -> anyhow::Result<String> {
+        state
+            .pod("default", pod)?
+            .node
+            .clone()
+            .with_context(|| format!("{pod} runs no Erlang node"))
+    };
 
     step(&format!(
         "uid {} (no sudo) looks at the cluster: kubectl get pods -o wide",
         user.uid
     ));
     let (_, pods, _) = ws.run_as(
-        &user,
+        user,
         &[
             "kubectl",
             "--kubeconfig",
@@ -61,14 +61,14 @@ fn run() -> anyhow::Result<()> {
         ],
     )?;
     print!("{pods}");
-    let app0 = format!("app@{}", cluster.pod("app-0").ip());
+    let app0 = node("app-0")?;
 
     step(&format!(
         "without erlbridge, a local node cannot reach {app0}"
     ));
     let control = ws.erl_eval(
-        &user,
-        COOKIE,
+        user,
+        cookie,
         &format!("net_kernel:connect_node('{app0}')"),
         &[],
     )?;
@@ -83,9 +83,9 @@ fn run() -> anyhow::Result<()> {
         user.uid
     ));
     let mut up = ws.spawn_as(
-        &user,
+        user,
         &[
-            &bins.path("erlbridge"),
+            &state.bin("erlbridge"),
             "up",
             "statefulset/app",
             "--kubeconfig",
@@ -104,12 +104,12 @@ fn run() -> anyhow::Result<()> {
 
     step("a hidden local node now reaches every pod node");
     for pod in ["app-0", "app-1", "app-2"] {
-        let node = format!("app@{}", cluster.pod(pod).ip());
+        let node = node(pod)?;
         let expr = format!(
             "{{net_kernel:connect_node('{node}'), rpc:call('{node}', erlang, node, []), \
              rpc:call('{node}', erlang, system_info, [otp_release]), rpc:call('{node}', erlang, nodes, [])}}"
         );
-        let answer = ws.erl_eval(&user, COOKIE, &expr, &[])?;
+        let answer = ws.erl_eval(user, cookie, &expr, &[])?;
         println!("{pod}: {{connected, node(), otp_release, nodes()}} = {answer}");
         ensure!(
             answer.starts_with(&format!("{{true,'{node}'")),
@@ -120,7 +120,10 @@ fn run() -> anyhow::Result<()> {
         "(each pod still lists its two peers in nodes(): the hidden local node never splits the cluster)"
     );
 
-    step("the helper's rules while the bridge is up (only uid 61001's traffic is redirected)");
+    step(&format!(
+        "the helper's rules while the bridge is up (only uid {}'s traffic is redirected)",
+        user.uid
+    ));
     let table = ws.helper_table().unwrap_or_default();
     for line in table.lines().filter(|l| l.contains(" : 127.0.0.1")) {
         println!("  {}", line.trim());
@@ -137,6 +140,5 @@ fn run() -> anyhow::Result<()> {
         .count();
     println!("erlbridge exited with {code}; mappings left in the helper's table: {left}");
     ensure!(code == 0 && left == 0, "the bridge did not end cleanly");
-    println!("\nthe test cluster, its namespaces and every process in them are removed now.");
     Ok(())
 }
