@@ -22,7 +22,7 @@ use tracing::{debug, info, info_span, warn};
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 
-use crate::discover::PodInfo;
+use crate::discover::{EPMD_PORT, Epmdless, PodInfo};
 use crate::epmd::{self, AskError, Malformed};
 use crate::forward::{self, Forward, ForwardError};
 use crate::k8s::Kube;
@@ -56,6 +56,14 @@ pub struct BridgedNode {
     /// with no route to the pod network).
     #[serde(default)]
     pub alias: bool,
+    /// How erlbridge found the node: `epmd` (the pod's epmd told it), or `no epmd: ...` and
+    /// where the pod spec (or `--dist-port`) says it listens.
+    #[serde(default = "by_epmd")]
+    pub found: String,
+}
+
+fn by_epmd() -> String {
+    "epmd".to_owned()
 }
 
 /// What a bridged pod holds: its nodes, where each is reached locally, and per pod port its
@@ -64,8 +72,58 @@ pub struct BridgedNode {
 pub struct Held {
     nodes: Vec<BridgedNode>,
     routes: Vec<Route>,
-    forwards: Vec<(SocketAddr, Forward)>,
+    listeners: Vec<(SocketAddr, Listener)>,
     alias: Option<IpAddr>,
+}
+
+/// What a redirected pod address reaches locally: a forward to a pod port, or erlbridge's
+/// stand-in for the epmd a pod does not run.
+#[derive(Debug)]
+enum Listener {
+    Forward(Forward),
+    Epmd(epmd::Responder),
+}
+
+impl Listener {
+    fn port(&self) -> u16 {
+        match self {
+            Listener::Forward(f) => f.local.port(),
+            Listener::Epmd(r) => r.local.port(),
+        }
+    }
+}
+
+/// What to open for a redirected pod port.
+#[derive(Debug, Clone)]
+enum Want {
+    Forward(u16),
+    Responder(Vec<epmd::Known>),
+}
+
+/// How a pod's nodes were found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Found {
+    /// Its epmd told them.
+    Epmd,
+    /// It runs no epmd; its spec (or `--dist-port`) said, as the text tells.
+    Spec(String),
+}
+
+impl std::fmt::Display for Found {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Found::Epmd => f.write_str("epmd"),
+            Found::Spec(from) => write!(f, "no epmd: {from}"),
+        }
+    }
+}
+
+/// The loopback address of `ip`'s family, where its forwards listen.
+fn loopback(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    }
 }
 
 /// Why a pod could not be bridged.
@@ -195,11 +253,17 @@ impl Bridge {
 
     /// What is bridged now.
     pub fn ready(&self) -> Ready {
+        let nodes = self.nodes();
+        let ipv6 = nodes.iter().any(|n| {
+            n.node
+                .split_once('@')
+                .is_some_and(|(_, host)| host.parse::<std::net::Ipv6Addr>().is_ok())
+        });
         Ready {
             mode: self.reach.mode(),
-            nodes: self.nodes(),
+            nodes,
             inetrc: self.reach.inetrc(),
-            erl_flags: self.reach.erl_flags(),
+            erl_flags: self.reach.erl_flags(ipv6),
             skipped: self.skipped.clone(),
         }
     }
@@ -354,56 +418,113 @@ impl Bridge {
         }
     }
 
+    /// The pod's nodes and how they were found: from its epmd, or, where it runs none, from
+    /// what its spec (or `--dist-port`) says of a node without epmd.
+    async fn nodes_of(&self, pod: &PodInfo) -> Result<(Vec<epmd::Registered>, Found), BridgeError> {
+        let from_spec = |epmdless: &Epmdless| match &pod.alive {
+            Some(alive) => Ok((
+                vec![epmd::Registered {
+                    name: alive.clone(),
+                    port: epmdless.port,
+                }],
+                Found::Spec(epmdless.from.clone()),
+            )),
+            None => Err(no_epmd(pod, AskError::Unnamed(epmdless.from.clone()))),
+        };
+        if let Some(epmdless) = pod.epmdless.as_ref().filter(|e| e.from.starts_with("--")) {
+            return from_spec(epmdless);
+        }
+        match (
+            ask(&self.kube, pod, |s| epmd::names(s).boxed()).await,
+            &pod.epmdless,
+        ) {
+            (Ok(names), _) if !names.is_empty() => Ok((names, Found::Epmd)),
+            (Ok(_) | Err(BridgeError::NoEpmd { .. }), Some(epmdless)) => from_spec(epmdless),
+            (Ok(_), None) => Err(no_epmd(pod, AskError::NoNodes)),
+            (Err(e), _) => Err(e),
+        }
+    }
+
     /// Asks the pod's epmd for its nodes, opens their forwards and makes them reachable. On
     /// failure nothing of it stays.
     async fn attach(&mut self, pod: &PodInfo) -> Result<Held, BridgeError> {
-        let registered = ask(&self.kube, pod, |s| epmd::names(s).boxed()).await?;
-        if registered.is_empty() {
-            return Err(no_epmd(pod, AskError::NoNodes));
-        }
+        let (registered, found) = self.nodes_of(pod).await?;
         let mut versions = Vec::new();
         for node in &registered {
-            versions.push(if self.reach.needs_versions() {
-                let alive = node.name.clone();
-                let port = ask(&self.kube, pod, move |s| {
-                    async move { epmd::port_please(s, &alive).await }.boxed()
-                })
-                .await?;
-                port.map_or(0, |p| p.version)
-            } else {
-                0
+            versions.push(match &found {
+                // OTP 23 and newer speak version 6; a node without epmd cannot say.
+                Found::Spec(_) => 6,
+                Found::Epmd if self.reach.needs_versions() => {
+                    let alive = node.name.clone();
+                    let port = ask(&self.kube, pod, move |s| {
+                        async move { epmd::port_please(s, &alive).await }.boxed()
+                    })
+                    .await?;
+                    port.map_or(6, |p| p.version)
+                }
+                Found::Epmd => 0,
             });
         }
-        let mut ports = Vec::new();
-        if self.reach.forwards_epmd() {
-            ports.push(pod.epmd_port);
-        }
-        ports.extend(registered.iter().map(|r| r.port));
+        let loopback = loopback(pod.ip);
         let mut held = Held {
             nodes: Vec::new(),
             routes: Vec::new(),
-            forwards: Vec::new(),
+            listeners: Vec::new(),
             alias: None,
         };
         if self.reach.expose(pod.ip).await? {
             held.alias = Some(pod.ip);
         }
-        for port in ports {
+        let mut wanted = Vec::new();
+        if self.reach.forwards_epmd() {
+            // A local node asks the pod's address on its own epmd port (4369); the pod's
+            // epmd may listen elsewhere, or not at all (then erlbridge answers for it).
+            let epmd = match &found {
+                Found::Epmd => Want::Forward(pod.epmd_port),
+                Found::Spec(_) => Want::Responder(
+                    registered
+                        .iter()
+                        .zip(&versions)
+                        .map(|(r, v)| epmd::Known {
+                            name: r.name.clone(),
+                            port: r.port,
+                            version: *v,
+                        })
+                        .collect(),
+                ),
+            };
+            wanted.push((EPMD_PORT, epmd.clone()));
+            if pod.epmd_port != EPMD_PORT && found == Found::Epmd {
+                wanted.push((pod.epmd_port, epmd));
+            }
+        }
+        wanted.extend(registered.iter().map(|r| (r.port, Want::Forward(r.port))));
+        for (port, want) in wanted {
             let addr = SocketAddr::new(pod.ip, port);
             let added = async {
-                let forward = forward::listen(
-                    self.kube.clone(),
-                    pod.name.clone(),
-                    port,
-                    self.failures.0.clone(),
-                )
-                .await?;
-                self.reach.map(addr, forward.local.port()).await?;
-                Ok::<_, BridgeError>(forward)
+                let listener = match want {
+                    Want::Forward(pod_port) => Listener::Forward(
+                        forward::listen(
+                            self.kube.clone(),
+                            pod.name.clone(),
+                            pod_port,
+                            loopback,
+                            self.failures.0.clone(),
+                        )
+                        .await?,
+                    ),
+                    Want::Responder(known) => Listener::Epmd(
+                        epmd::Responder::start(loopback, known)
+                            .await
+                            .map_err(ForwardError::Listen)?,
+                    ),
+                };
+                self.reach.map(addr, listener.port()).await?;
+                Ok::<_, BridgeError>(listener)
             }
             .await;
             match added {
-                Ok(forward) => held.forwards.push((addr, forward)),
+                Ok(listener) => held.listeners.push((addr, listener)),
                 Err(e) => {
                     self.detach(&pod.name, held).await;
                     return Err(e);
@@ -412,10 +533,10 @@ impl Bridge {
         }
         for (node, version) in registered.into_iter().zip(versions) {
             let local_port = held
-                .forwards
+                .listeners
                 .iter()
                 .find(|(addr, _)| addr.port() == node.port)
-                .map_or(0, |(_, f)| f.local.port());
+                .map_or(0, |(_, l)| l.port());
             held.routes.push(Route {
                 alive: node.name.clone(),
                 host: pod.host.clone(),
@@ -431,6 +552,7 @@ impl Bridge {
                 epmd_port: pod.epmd_port,
                 dist_port: node.port,
                 alias: held.alias.is_some(),
+                found: found.to_string(),
             });
         }
         Ok(held)
@@ -438,7 +560,7 @@ impl Bridge {
 
     /// Removes a pod's redirects and alias; its forwards close when `held` is dropped.
     async fn detach(&mut self, pod: &str, held: Held) -> Vec<BridgedNode> {
-        for (addr, _) in &held.forwards {
+        for (addr, _) in &held.listeners {
             if let Err(e) = self.reach.unmap(*addr).await {
                 warn!(pod, %addr, error = %e, "could not remove a redirect");
             }
@@ -500,11 +622,11 @@ impl Bridge {
         {
             failed = Some(e);
         }
-        for (addr, forward) in &held.forwards {
+        for (addr, listener) in &held.listeners {
             if failed.is_some() {
                 break;
             }
-            if let Err(e) = self.reach.map(*addr, forward.local.port()).await {
+            if let Err(e) = self.reach.map(*addr, listener.port()).await {
                 failed = Some(e);
             }
         }

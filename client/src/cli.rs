@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cookie::CookieSource;
-use crate::discover::{NodeHost, Target};
+use crate::discover::{NodeHost, NodeRules, Target};
 use crate::k8s::{ClusterOptions, RequestTimeout};
 use crate::output::Output;
 use crate::reach::ModeChoice;
@@ -124,6 +124,12 @@ pub struct DoctorArgs {
     /// The host part of node names, as `up` takes it.
     #[arg(long, value_enum)]
     pub node_host: Option<NodeHost>,
+    /// The distribution port of nodes that run without epmd, as `up` takes it.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub dist_port: Option<u16>,
+    /// The name of nodes that run without epmd, as `up` takes it.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
     /// Where the cluster is.
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -197,6 +203,14 @@ pub struct BridgeArgs {
     /// RELEASE_NODE says, else the IP).
     #[arg(long, value_enum)]
     pub node_host: Option<NodeHost>,
+    /// The distribution port of nodes that run without epmd, where the pod spec does not say
+    /// it (it reads -erl_epmd_port in the container's args or ERL_FLAGS, and ERL_DIST_PORT).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub dist_port: Option<u16>,
+    /// The name (the part before @) of nodes that run without epmd, where neither RELEASE_NODE
+    /// nor -name in the pod spec gives it.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
     /// Where the Erlang cookie is: secret/NAME[:KEY] or env[:VARIABLE] (the pods' environment,
     /// RELEASE_COOKIE by default). Without it, the pods' RELEASE_COOKIE is used if they set one.
     #[arg(long, value_name = "SOURCE", value_parser = clap::value_parser!(CookieSource))]
@@ -218,6 +232,15 @@ pub struct BridgeArgs {
 }
 
 impl BridgeArgs {
+    /// How the flags shape what erlbridge reads of pods.
+    pub fn rules(&self) -> NodeRules {
+        NodeRules {
+            node_host: self.node_host,
+            dist_port: self.dist_port,
+            node_name: self.node_name.clone(),
+        }
+    }
+
     /// The target, from TARGET or -l.
     pub fn target(&self) -> Target {
         match (&self.target, &self.selector) {

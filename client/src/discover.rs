@@ -17,6 +17,9 @@ use kube::core::Selector;
 use kube::runtime::watcher;
 
 use crate::k8s::{ApiError, Kube};
+pub use spec::Epmdless;
+
+mod spec;
 
 /// The default epmd port, used when a pod names no `epmd` container port.
 pub const EPMD_PORT: u16 = 4369;
@@ -102,6 +105,18 @@ pub enum NodeHost {
     Dns,
 }
 
+/// How the user's flags shape what erlbridge reads of a pod: `--node-host`, and for a node
+/// that runs without epmd where the spec does not say, `--dist-port` and `--node-name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeRules {
+    /// Which host part node names use; `None`: what the pod's environment says.
+    pub node_host: Option<NodeHost>,
+    /// The node's distribution port, with no epmd in the pod.
+    pub dist_port: Option<u16>,
+    /// The node's name (its alive part) when the spec does not give it.
+    pub node_name: Option<String>,
+}
+
 /// The target's pods as the watch shows them at one moment, by name: each ready to bridge,
 /// or why not.
 pub type Snapshot = BTreeMap<String, Result<PodInfo, String>>;
@@ -121,8 +136,12 @@ pub struct PodInfo {
     pub epmd_port: u16,
     /// The host part of its nodes' names: the IP, or a DNS name.
     pub host: String,
-    /// Its container environment (plain values only), for `--cookie-from env`.
+    /// Its Erlang container's environment (plain values only), for `--cookie-from env`.
     pub env: BTreeMap<String, String>,
+    /// Where its node listens without epmd, if the spec or `--dist-port` says.
+    pub epmdless: Option<Epmdless>,
+    /// Its node's alive name, from `--node-name`, RELEASE_NODE or `-name` in its flags.
+    pub alive: Option<String>,
 }
 
 /// Why discovery failed.
@@ -168,7 +187,8 @@ fn expand(value: &str, vars: &BTreeMap<String, String>) -> String {
 }
 
 /// A pod's facts, or why it cannot be bridged.
-pub fn pod_info(pod: &Pod, node_host: Option<NodeHost>) -> Result<PodInfo, String> {
+pub fn pod_info(pod: &Pod, rules: &NodeRules) -> Result<PodInfo, String> {
+    let node_host = rules.node_host;
     let name = pod.metadata.name.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let namespace = pod
@@ -195,25 +215,42 @@ pub fn pod_info(pod: &Pod, node_host: Option<NodeHost>) -> Result<PodInfo, Strin
         .ok_or_else(|| format!("pod {name} has no IP yet"))?;
     let spec = pod.spec.as_ref();
     let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
-    let epmd_port = containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .find(|p| p.name.as_deref() == Some("epmd"))
-        .and_then(|p| u16::try_from(p.container_port).ok())
-        .unwrap_or(EPMD_PORT);
+    let container = spec::erlang_container(containers);
 
     let mut vars = BTreeMap::from([
         ("POD_IP".to_owned(), ip.to_string()),
         ("POD_NAME".to_owned(), name.clone()),
         ("POD_NAMESPACE".to_owned(), namespace.clone()),
     ]);
-    let env: BTreeMap<String, String> = containers
+    let env: BTreeMap<String, String> = container
         .iter()
         .flat_map(|c| c.env.iter().flatten())
         .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
         .collect();
     vars.extend(env.clone());
-    let release_node = env.get("RELEASE_NODE").map(|n| expand(n, &vars));
+    let lookup = |var: &str| env.get(var).map(|v| expand(v, &vars));
+    let epmd_port = container
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some("epmd"))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .or_else(|| lookup("ERL_EPMD_PORT")?.parse().ok())
+        .unwrap_or(EPMD_PORT);
+    let words = container.map_or_else(Vec::new, |c| spec::erl_words(c, lookup));
+    let epmdless = match rules.dist_port {
+        Some(port) => Some(Epmdless {
+            port,
+            from: format!("--dist-port {port}"),
+        }),
+        None => spec::epmdless(&words, lookup),
+    };
+    let release_node = lookup("RELEASE_NODE")
+        .or_else(|| spec::flag_value(&words, &["-name", "--name"]).map(expand_words(&vars)));
+    let alive = rules.node_name.clone().or_else(|| {
+        release_node
+            .as_deref()
+            .map(|n| n.split_once('@').map_or(n, |(alive, _)| alive).to_owned())
+    });
     let named_by_ip = release_node
         .as_deref()
         .and_then(|n| n.split_once('@'))
@@ -251,7 +288,14 @@ pub fn pod_info(pod: &Pod, node_host: Option<NodeHost>) -> Result<PodInfo, Strin
         epmd_port,
         host,
         env,
+        epmdless,
+        alive,
     })
+}
+
+/// `$(VAR)` references expanded in a word of the command line.
+fn expand_words(vars: &BTreeMap<String, String>) -> impl Fn(&str) -> String + '_ {
+    move |word| expand(word, vars)
 }
 
 /// What to watch for `target`: a pod by name, or the pods of a workload's or the user's
@@ -389,7 +433,15 @@ mod tests {
             "status": {"phase": "Running", "podIP": "10.244.1.8",
                 "conditions": [{"type": "Ready", "status": "True"}]}
         });
-        let info = pod_info(&pod(base.clone()), None).expect("ready");
+        let dns = NodeRules {
+            node_host: Some(NodeHost::Dns),
+            ..NodeRules::default()
+        };
+        let ip_rules = NodeRules {
+            node_host: Some(NodeHost::Ip),
+            ..NodeRules::default()
+        };
+        let info = pod_info(&pod(base.clone()), &NodeRules::default()).expect("ready");
         assert_eq!(info.uid, "uid-0");
         assert_eq!(
             (info.ip.to_string(), info.epmd_port, info.host.as_str()),
@@ -399,7 +451,7 @@ mod tests {
             info.env.get("RELEASE_COOKIE").map(String::as_str),
             Some("c")
         );
-        let by_ip = pod_info(&pod(base.clone()), Some(NodeHost::Dns)).expect_err("named by IP");
+        let by_ip = pod_info(&pod(base.clone()), &dns).expect_err("named by IP");
         assert!(
             by_ip.contains("named by its IP (app@10.244.1.8)"),
             "{by_ip}"
@@ -407,32 +459,34 @@ mod tests {
         let mut unnamed = base.clone();
         unnamed["spec"]["containers"][0]["env"][0]["value"] = "".into();
         unnamed["spec"]["containers"][0]["env"][0]["name"] = "OTHER".into();
-        let dns = pod_info(&pod(unnamed), Some(NodeHost::Dns)).expect("dns");
+        let dns = pod_info(&pod(unnamed), &dns).expect("dns");
         assert_eq!(dns.host, "app-0.app.default.svc.cluster.local");
 
         let mut named = base.clone();
         named["spec"]["containers"][0]["env"][0]["value"] =
             "app@$(POD_NAME).app.$(POD_NAMESPACE).svc.cluster.local".into();
         assert_eq!(
-            pod_info(&pod(named.clone()), None).expect("named").host,
+            pod_info(&pod(named.clone()), &NodeRules::default())
+                .expect("named")
+                .host,
             "app-0.app.default.svc.cluster.local"
         );
         assert_eq!(
-            pod_info(&pod(named), Some(NodeHost::Ip)).expect("ip").host,
+            pod_info(&pod(named), &ip_rules).expect("ip").host,
             "10.244.1.8"
         );
 
         let mut pending = base.clone();
         pending["status"]["phase"] = "Pending".into();
         assert!(
-            pod_info(&pod(pending), None)
+            pod_info(&pod(pending), &NodeRules::default())
                 .expect_err("pending")
                 .contains("Pending")
         );
         let mut unready = base;
         unready["status"]["conditions"][0]["status"] = "False".into();
         assert!(
-            pod_info(&pod(unready), None)
+            pod_info(&pod(unready), &NodeRules::default())
                 .expect_err("unready")
                 .contains("not Ready")
         );
@@ -473,7 +527,7 @@ mod tests {
                     "status": {"phase": "Running", "podIP": "10.244.1.8",
                         "conditions": [{"type": "Ready", "status": "True"}]}
                 })),
-                None,
+                &NodeRules::default(),
             )
         };
         let not_ready =

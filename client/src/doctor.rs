@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
-use crate::discover::{NodeHost, Target};
+use crate::discover::{NodeRules, Target};
 use crate::helper::{self, HelperError};
 use crate::k8s::ClusterOptions;
 use crate::output::{self, Event, Output, say};
@@ -232,8 +232,8 @@ pub struct Request {
     pub cluster: ClusterOptions,
     /// A target whose pods to check, as `up` would bridge them.
     pub target: Option<Target>,
-    /// `--node-host`, as `up` takes it.
-    pub node_host: Option<NodeHost>,
+    /// `--node-host`, `--dist-port`, `--node-name`, as `up` takes them.
+    pub rules: NodeRules,
     /// `--mode`, as `up` takes it.
     pub mode: ModeChoice,
 }
@@ -244,7 +244,7 @@ pub async fn checks(request: &Request) -> Vec<Check> {
     let choice = request.mode;
     let ((helper, policy), found) = tokio::join!(
         helper_checks(&request.socket),
-        cluster::checks(&request.cluster, request.target.as_ref(), request.node_host)
+        cluster::checks(&request.cluster, request.target.as_ref(), &request.rules)
     );
     let (kube, pod_ips) = (found.checks, found.pod_ips);
     let refusal = helper.iter().find(|c| !c.ok).map(|c| c.detail.clone());

@@ -46,6 +46,12 @@ pub enum AskError {
     /// epmd runs, but no node registered with it.
     #[error("epmd answers, but no Erlang node is registered with it")]
     NoNodes,
+    /// The pod runs its node without epmd, but nothing names the node.
+    #[error(
+        "its spec says its node runs without epmd ({0}), but neither RELEASE_NODE nor -name \
+         gives the node's name; give it with --node-name NAME"
+    )]
+    Unnamed(String),
 }
 
 /// What PORT_PLEASE2 says of a node.
@@ -107,6 +113,93 @@ pub async fn port_please<S: AsyncRead + AsyncWrite + Unpin>(
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply).await?;
     Ok(parse_port2(&reply))
+}
+
+/// A node a [`Responder`] answers for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    /// Its alive name.
+    pub name: String,
+    /// Its distribution port.
+    pub port: u16,
+    /// Its distribution protocol version.
+    pub version: u16,
+}
+
+/// A local stand-in for the epmd a pod does not run: answers PORT_PLEASE2 and NAMES for the
+/// nodes it knows, so a local node that asks "where is app@10.244.1.8" (through the helper's
+/// redirect of the pod's epmd port) learns the node's fixed distribution port. Stops when
+/// dropped.
+#[derive(Debug)]
+pub struct Responder {
+    /// Where it listens.
+    pub local: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Responder {
+    /// Listens on an ephemeral port of `ip` (a loopback address) and answers for `nodes`.
+    pub async fn start(ip: std::net::IpAddr, nodes: Vec<Known>) -> std::io::Result<Responder> {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
+        let local = listener.local_addr()?;
+        let nodes = std::sync::Arc::new(nodes);
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let nodes = nodes.clone();
+                tokio::spawn(async move {
+                    let _ = answer(&mut conn, &nodes, local.port()).await;
+                });
+            }
+        });
+        Ok(Responder { local, task })
+    }
+}
+
+/// Reads one request and answers it as epmd would; anything else closes the connection.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut S,
+    nodes: &[Known],
+    own_port: u16,
+) -> std::io::Result<()> {
+    let len = conn.read_u16().await?;
+    let mut request = vec![0; usize::from(len)];
+    conn.read_exact(&mut request).await?;
+    let reply = match request.split_first() {
+        Some((122, name)) => match nodes.iter().find(|n| n.name.as_bytes() == name) {
+            Some(node) => {
+                let mut reply = vec![119, 0];
+                reply.extend_from_slice(&node.port.to_be_bytes());
+                // A normal node speaking TCP/IPv4 (the protocol field is not read for IPv6).
+                reply.extend_from_slice(&[77, 0]);
+                reply.extend_from_slice(&node.version.to_be_bytes());
+                reply.extend_from_slice(&5u16.to_be_bytes());
+                let name = node.name.as_bytes();
+                reply.extend_from_slice(&u16::try_from(name.len()).unwrap_or(0).to_be_bytes());
+                reply.extend_from_slice(name);
+                reply.extend_from_slice(&0u16.to_be_bytes());
+                reply
+            }
+            None => vec![119, 1],
+        },
+        Some((110, _)) => {
+            let mut reply = u32::from(own_port).to_be_bytes().to_vec();
+            for node in nodes {
+                reply.extend_from_slice(
+                    format!("name {} at port {}\n", node.name, node.port).as_bytes(),
+                );
+            }
+            reply
+        }
+        _ => return Ok(()),
+    };
+    conn.write_all(&reply).await?;
+    conn.shutdown().await
 }
 
 /// Parses a whole NAMES reply.
@@ -200,6 +293,42 @@ mod tests {
         assert!(parse_port2(&[119, 0, 1]).is_err());
         assert!(parse_port2(&[120, 0]).is_err());
         assert!(parse_port2(&[]).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_responder_answers_as_epmd_does() {
+        let known = vec![Known {
+            name: "app".into(),
+            port: 9100,
+            version: 6,
+        }];
+        let responder = Responder::start("127.0.0.1".parse().unwrap(), known)
+            .await
+            .unwrap();
+        let ask = |alive: &'static str| async move {
+            let mut conn = tokio::net::TcpStream::connect(responder.local)
+                .await
+                .unwrap();
+            port_please(&mut conn, alive).await.unwrap()
+        };
+        assert_eq!(
+            ask("app").await,
+            Ok(Some(PortInfo {
+                port: 9100,
+                version: 6
+            }))
+        );
+        assert_eq!(ask("other").await, Ok(None));
+        let mut conn = tokio::net::TcpStream::connect(responder.local)
+            .await
+            .unwrap();
+        assert_eq!(
+            names(&mut conn).await.unwrap(),
+            Ok(vec![Registered {
+                name: "app".into(),
+                port: 9100
+            }])
+        );
     }
 
     #[tokio::test]

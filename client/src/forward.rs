@@ -3,7 +3,7 @@
 //! WebSocket each, as kube-rs opens them). Accepted sockets get TCP_NODELAY, like the API
 //! connection itself (see `k8s`).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures::FutureExt as _;
@@ -75,7 +75,7 @@ pub enum ForwardError {
         port: u16,
     },
     /// The local listener could not be bound.
-    #[error("cannot listen on 127.0.0.1")]
+    #[error("cannot listen on a local loopback port")]
     Listen(#[source] std::io::Error),
     /// The listener cannot accept connections (out of descriptors, say); it tries again.
     #[error(
@@ -156,15 +156,16 @@ pub async fn open_with_retries(kube: &Kube, pod: &str, port: u16) -> Result<Open
     }
 }
 
-/// Listens on an ephemeral 127.0.0.1 port and forwards each connection to `pod`:`port`;
+/// Listens on an ephemeral port of `loopback` and forwards each connection to `pod`:`port`;
 /// connections that cannot be forwarded after every retry are reported on `failures`.
 pub async fn listen(
     kube: Kube,
     pod: String,
     port: u16,
+    loopback: IpAddr,
     failures: UnboundedSender<Failed>,
 ) -> Result<Forward, ForwardError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+    let listener = TcpListener::bind((loopback, 0))
         .await
         .map_err(ForwardError::Listen)?;
     let local = listener.local_addr().map_err(ForwardError::Listen)?;

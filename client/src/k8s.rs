@@ -16,6 +16,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::{Intercept, Matcher};
 use hyper_util::rt::TokioExecutor;
 use kube::client::ConfigExt as _;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -280,11 +282,10 @@ pub enum K8sError {
     /// The context or cluster entry is unusable.
     #[error("cannot use the kubeconfig's context: {0}")]
     Context(String),
-    /// The configuration asks for a proxy, which erlbridge does not support yet.
+    /// The configuration names a proxy erlbridge cannot use.
     #[error(
-        "the Kubernetes configuration sends API traffic through the proxy {url} (its proxy-url, \
-         or HTTPS_PROXY), which erlbridge cannot use yet; reach the API server directly \
-         (remove proxy-url, unset HTTPS_PROXY, or list the API server's host in NO_PROXY)"
+        "the proxy {url} (the kubeconfig's proxy-url, or HTTPS_PROXY) is not an http:// proxy; \
+         erlbridge tunnels through HTTP CONNECT proxies only"
     )]
     Proxy {
         /// The proxy.
@@ -337,12 +338,8 @@ pub async fn connect(opts: &ClusterOptions) -> Result<Kube, K8sError> {
     if let Some(ns) = &opts.namespace {
         config.default_namespace = ns.clone();
     }
-    if let Some(url) = &config.proxy_url {
-        return Err(K8sError::Proxy {
-            url: url.to_string(),
-        });
-    }
     config.connect_timeout = opts.request_timeout;
+    let proxy = proxy_for(&config)?;
     let namespace = config.default_namespace.clone();
     let url = config
         .cluster_url
@@ -350,7 +347,7 @@ pub async fn connect(opts: &ClusterOptions) -> Result<Kube, K8sError> {
         .trim_end_matches('/')
         .to_owned();
     Ok(Kube {
-        client: client(config).map_err(K8sError::Client)?,
+        client: client(config, proxy).map_err(K8sError::Client)?,
         namespace,
         url,
         timeout: opts.request_timeout,
@@ -362,16 +359,72 @@ pub async fn connect(opts: &ClusterOptions) -> Result<Kube, K8sError> {
 /// fails within about a minute instead of hanging.
 const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(30), Duration::from_secs(10), 3);
 
+/// The HTTP CONNECT proxy to reach the API server through, if any: the kubeconfig's
+/// `proxy-url` for its cluster, else HTTPS_PROXY (or ALL_PROXY) unless NO_PROXY names the
+/// API server's host, as kubectl and curl read them.
+pub fn proxy_for(config: &kube::Config) -> Result<Option<Intercept>, K8sError> {
+    // kube's configuration folds HTTPS_PROXY into proxy_url: tell the two apart, since only the
+    // environment's proxy yields to NO_PROXY.
+    let trimmed = |u: &str| u.trim_end_matches('/').to_owned();
+    let from_env: Vec<String> = ["HTTPS_PROXY", "https_proxy"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .map(|v| trimmed(&v))
+        .collect();
+    let explicit = config
+        .proxy_url
+        .as_ref()
+        .map(|u| trimmed(&u.to_string()))
+        .filter(|u| !from_env.contains(u));
+    let matcher = match explicit {
+        Some(explicit) => Matcher::builder().all(explicit).build(),
+        None => Matcher::from_env(),
+    };
+    let Some(proxy) = matcher.intercept(&config.cluster_url) else {
+        return Ok(None);
+    };
+    if proxy.uri().scheme_str() != Some("http") {
+        return Err(K8sError::Proxy {
+            url: proxy.uri().to_string(),
+        });
+    }
+    Ok(Some(proxy))
+}
+
 /// kube-rs's client stack (base URI, auth, extra headers, the configuration's connect, read
-/// and write timeouts) over a connector with TCP_NODELAY.
-pub fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {
+/// and write timeouts) over a connector with TCP_NODELAY, tunnelled through `proxy` if any.
+pub fn client(config: kube::Config, proxy: Option<Intercept>) -> Result<kube::Client, kube::Error> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_keepalive(Some(KEEPALIVE.0));
     http.set_keepalive_interval(Some(KEEPALIVE.1));
     http.set_keepalive_retries(Some(KEEPALIVE.2));
-    let https = config.rustls_https_connector_with_connector(http)?;
+    match proxy {
+        Some(proxy) => {
+            let mut tunnel = Tunnel::new(proxy.uri().clone(), http);
+            if let Some(auth) = proxy.basic_auth() {
+                tunnel = tunnel.with_auth(auth.clone());
+            }
+            stack(config, tunnel)
+        }
+        None => stack(config, http),
+    }
+}
+
+fn stack<C>(config: kube::Config, connector: C) -> Result<kube::Client, kube::Error>
+where
+    C: tower::Service<http::Uri> + Clone + Send + Sync + 'static,
+    C::Response: hyper_util::client::legacy::connect::Connection
+        + hyper::rt::Read
+        + hyper::rt::Write
+        + Send
+        + Unpin
+        + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let https = config.rustls_https_connector_with_connector(connector)?;
     let mut timed = hyper_timeout::TimeoutConnector::new(https);
     timed.set_connect_timeout(config.connect_timeout);
     timed.set_read_timeout(config.read_timeout);
@@ -400,31 +453,15 @@ mod tests {
         let url = format!("https://{}", silent.local_addr().unwrap());
         let mut config = kube::Config::new(url.parse().unwrap());
         config.connect_timeout = Some(Duration::from_millis(200));
-        let client = client(config).unwrap();
+        let client = client(config, None).unwrap();
         let answer = tokio::time::timeout(Duration::from_secs(60), client.apiserver_version())
             .await
             .expect("the client's own timeout ends the request, not this one");
         assert!(answer.is_err());
     }
 
-    #[tokio::test]
-    async fn a_proxy_is_refused_rather_than_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kubeconfig");
-        std::fs::write(
-            &path,
-            r#"{"apiVersion": "v1", "kind": "Config",
-              "clusters": [{"name": "c", "cluster": {"server": "https://10.0.0.1:6443",
-                            "proxy-url": "http://proxy.example:3128"}}],
-              "users": [{"name": "u", "user": {"token": "t"}}],
-              "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-              "current-context": "x"}"#,
-        )
-        .unwrap();
-        let opts = ClusterOptions {
-            kubeconfig: Some(path),
-            ..ClusterOptions::default()
-        };
+    #[test]
+    fn request_timeouts_read_as_kubectls() {
         assert_eq!(parse_timeout("10s"), Ok(Some(Duration::from_secs(10))));
         assert_eq!(parse_timeout("2m"), Ok(Some(Duration::from_secs(120))));
         assert_eq!(parse_timeout("7"), Ok(Some(Duration::from_secs(7))));
@@ -432,12 +469,41 @@ mod tests {
         for bad in ["", "s", "1d", "-1", "1.5s"] {
             assert!(parse_timeout(bad).is_err(), "{bad:?}");
         }
-        match connect(&opts).await {
+    }
+
+    #[tokio::test]
+    async fn the_kubeconfigs_proxy_is_used_and_only_http_proxies_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = |proxy: &str| {
+            let path = dir.path().join(format!("kc-{}", proxy.len()));
+            std::fs::write(
+                &path,
+                format!(
+                    r#"{{"apiVersion": "v1", "kind": "Config",
+                  "clusters": [{{"name": "c", "cluster": {{"server": "https://10.0.0.1:6443",
+                                "proxy-url": "{proxy}"}}}}],
+                  "users": [{{"name": "u", "user": {{"token": "t"}}}}],
+                  "contexts": [{{"name": "x", "context": {{"cluster": "c", "user": "u"}}}}],
+                  "current-context": "x"}}"#
+                ),
+            )
+            .unwrap();
+            ClusterOptions {
+                kubeconfig: Some(path),
+                ..ClusterOptions::default()
+            }
+        };
+        let kube = connect(&kubeconfig("http://u:p@proxy.example:3128"))
+            .await
+            .expect("an http proxy");
+        assert_eq!(kube.url, "https://10.0.0.1:6443");
+        let options = kubeconfig("socks5://proxy.example:1080");
+        match connect(&options).await {
             Err(e @ K8sError::Proxy { .. }) => {
-                assert!(e.to_string().contains("http://proxy.example:3128"), "{e}");
+                assert!(e.to_string().contains("socks5://proxy.example:1080"), "{e}");
             }
             Err(e) => panic!("another error: {e}"),
-            Ok(_) => panic!("the proxy was ignored"),
+            Ok(_) => panic!("the socks proxy was taken"),
         }
     }
 }

@@ -61,7 +61,11 @@ fn main() -> ExitCode {
                     socket: args.helper_socket.clone(),
                     cluster: args.cluster.options(),
                     target: args.target.clone(),
-                    node_host: args.node_host,
+                    rules: erlbridge::discover::NodeRules {
+                        node_host: args.node_host,
+                        dist_port: args.dist_port,
+                        node_name: args.node_name.clone(),
+                    },
                     mode: args.mode,
                 };
                 Ok(erlbridge::doctor::run(request, args.output).await)

@@ -384,6 +384,7 @@ mod tests {
             epmd_port: 4369,
             dist_port: 9100,
             alias: false,
+            found: "epmd".into(),
         };
         let ready = Event::Ready {
             nodes: vec![node.clone()],
@@ -396,7 +397,8 @@ mod tests {
             json,
             serde_json::json!({"event": "ready", "inetrc": null, "nodes": [{
                 "node": "app@10.244.1.8", "pod": "app-0", "namespace": "default",
-                "ip": "10.244.1.8", "epmd_port": 4369, "dist_port": 9100, "alias": false}],
+                "ip": "10.244.1.8", "epmd_port": 4369, "dist_port": 9100, "alias": false,
+                "found": "epmd"}],
                 "mode": "epmd", "erl_flags": "-pa /d -epmd_module erlbridge_epmd -hidden"})
         );
         for (event, text) in [

@@ -153,12 +153,14 @@ impl Reach {
     }
 
     /// The flags a local node needs to reach the pod nodes: the epmd module's (and hidden),
-    /// or none in nat mode, where every node does.
-    pub fn erl_flags(&self) -> Option<String> {
+    /// and IPv6 distribution where nodes are named by IPv6 addresses; none in nat mode for
+    /// IPv4 nodes, which every local node reaches.
+    pub fn erl_flags(&self, ipv6: bool) -> Option<String> {
+        let inet6 = if ipv6 { " -proto_dist inet6_tcp" } else { "" };
         match self.way {
-            Way::Nat { .. } => None,
+            Way::Nat { .. } => ipv6.then(|| inet6.trim_start().to_owned()),
             Way::Epmd => Some(format!(
-                "-pa {} -epmd_module {EPMD_MODULE} -hidden",
+                "-pa {} -epmd_module {EPMD_MODULE}{inet6} -hidden",
                 self.dir.path().display()
             )),
         }

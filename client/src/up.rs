@@ -218,7 +218,7 @@ async fn watch(args: &BridgeArgs, kube: &Kube, target: &Target) -> Result<PodWat
     loop {
         let started = async {
             let config = watch_config(kube, target).await?;
-            PodWatch::start(kube, config, args.node_host, what.clone()).await
+            PodWatch::start(kube, config, args.rules(), what.clone()).await
         };
         match started.await {
             Ok(watch) => return Ok(watch),

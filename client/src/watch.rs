@@ -12,14 +12,14 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use tracing::debug;
 
-use crate::discover::{DiscoverError, NodeHost, Snapshot, api_error, pod_info};
+use crate::discover::{DiscoverError, NodeRules, Snapshot, api_error, pod_info};
 use crate::k8s::Kube;
 
 /// A live watch of the target's pods.
 pub struct PodWatch {
     store: Store<Pod>,
     events: BoxStream<'static, Result<watcher::Event<Pod>, watcher::Error>>,
-    node_host: Option<NodeHost>,
+    rules: NodeRules,
     what: String,
 }
 
@@ -30,7 +30,7 @@ impl PodWatch {
     pub async fn start(
         kube: &Kube,
         config: watcher::Config,
-        node_host: Option<NodeHost>,
+        rules: NodeRules,
         what: String,
     ) -> Result<PodWatch, DiscoverError> {
         let (store, writer) = reflector::store();
@@ -56,7 +56,7 @@ impl PodWatch {
         Ok(PodWatch {
             store,
             events,
-            node_host,
+            rules,
             what,
         })
     }
@@ -68,7 +68,7 @@ impl PodWatch {
             .iter()
             .map(|pod| {
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                (name, pod_info(pod, self.node_host))
+                (name, pod_info(pod, &self.rules))
             })
             .collect::<BTreeMap<_, _>>()
     }

@@ -117,7 +117,7 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .expect("config");
             let client = if nodelay {
-                erlbridge::k8s::client(config).expect("erlbridge's client")
+                erlbridge::k8s::client(config, None).expect("erlbridge's client")
             } else {
                 kube::Client::try_from(config).expect("kube-rs's default client")
             };

@@ -5,6 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use erlbridge_kube_emulator::StartOptions;
+use erlbridge_kube_emulator::credential::PLUGIN_NAME;
+
 use crate::events::{self, Ready};
 use crate::{Bins, Cluster, Helperd, Spawned, User, Workstation, require_root};
 
@@ -39,17 +42,47 @@ impl Scenario {
     /// Builds the workstation and the cluster, and starts no helper: nothing privileged runs
     /// on the workstation.
     pub fn start_without_helper(manifest: &str, uid: u32) -> Scenario {
+        Scenario::start_with_api(manifest, uid, StartOptions::default(), false)
+    }
+
+    /// The same with an API server started with `options` (a path prefix, say), and the helper
+    /// when `helper` says so.
+    pub fn start_with_api(
+        manifest: &str,
+        uid: u32,
+        options: StartOptions,
+        helper: bool,
+    ) -> Scenario {
         require_root();
-        let bins =
-            Bins::stage(&["erlbridge-helperd", "helper-probe", "erlbridge"]).expect("binaries");
+        let bins = Bins::stage(&[
+            "erlbridge-helperd",
+            "helper-probe",
+            "erlbridge",
+            PLUGIN_NAME,
+        ])
+        .expect("binaries");
         let ws = Workstation::new().expect("workstation");
-        let cluster = Cluster::start(&ws, manifest).expect("cluster");
+        let cluster = Cluster::start_with(&ws, manifest, options).expect("cluster");
+        let helperd = helper.then(|| Helperd::start(&ws, &bins, "").expect("helperd"));
         Scenario {
-            helperd: None,
+            helperd,
             cluster,
             ws,
             bins,
             user: User::member(uid),
+        }
+    }
+
+    /// The helper's socket, or a path where none will ever be.
+    pub fn helper_socket(&self) -> String {
+        match &self.helperd {
+            Some(helperd) => helperd.socket.display().to_string(),
+            None => self
+                .ws
+                .scratch()
+                .join("no-helper.sock")
+                .display()
+                .to_string(),
         }
     }
 
@@ -68,12 +101,7 @@ impl Scenario {
             ]);
         }
         if !args.contains(&"--helper-socket") {
-            // Without a helper, a socket path where none will ever be.
-            let socket = match &self.helperd {
-                Some(helperd) => helperd.socket.clone(),
-                None => self.ws.scratch().join("no-helper.sock"),
-            };
-            argv.extend(["--helper-socket".to_owned(), socket.display().to_string()]);
+            argv.extend(["--helper-socket".to_owned(), self.helper_socket()]);
         }
         argv.extend(args.iter().map(|a| (*a).to_owned()));
         argv

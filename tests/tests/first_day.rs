@@ -33,21 +33,14 @@ fn node(s: &Scenario, pod: &str) -> String {
     format!("app@{}", s.cluster.pod(pod).ip())
 }
 
-/// Drops (not refuses) the workstation's packets to the API server, as a VPN that went down.
-fn drop_api_packets(s: &Scenario) {
-    s.ws.ns
-        .nft(
-            "table inet blackhole { chain out { type filter hook output priority 0; \
-             ip daddr 172.31.255.1 tcp dport 6443 drop; }; }",
-        )
-        .expect("drop rule");
-}
-
 #[test]
 fn an_api_server_that_drops_packets_ends_each_command_within_its_bound() {
     let s = Scenario::start(MANIFEST, 61120);
     assert!(!s.reaches(COOKIE, &node(&s, "app-0")), "the control");
-    drop_api_packets(&s);
+    // Packets dropped, not refused: a VPN that went down.
+    let _dropped =
+        s.ws.drop_packets_to(s.cluster.api_addr())
+            .expect("drop rule");
     for (sub, args, code) in [
         ("up", vec!["app-0", "--request-timeout", "2s"], 5),
         ("remsh", vec!["app-0", "--request-timeout", "2s"], 5),

@@ -62,6 +62,7 @@ fn up_a_pod_then_a_local_node_reaches_it_and_the_rules_go_with_the_client() {
             epmd_port: 4369,
             dist_port: 9100,
             alias: false,
+            found: "epmd".into(),
         }]
     );
     assert_eq!(

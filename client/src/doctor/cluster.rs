@@ -11,7 +11,7 @@ use kube::api::{Api, ListParams, PostParams};
 
 use super::{Check, failed, pass};
 use crate::bridge::ask;
-use crate::discover::{DiscoverError, NodeHost, Target, check_first, watch_config};
+use crate::discover::{DiscoverError, NodeRules, Target, check_first, watch_config};
 use crate::epmd;
 use crate::k8s::{ClusterOptions, Kube};
 use crate::output::chain;
@@ -34,11 +34,7 @@ const RIGHTS: [(&str, &str, &str); 4] = [
 
 /// Connects, asks for the server's version and the rights, then walks `up`'s steps for
 /// `target`.
-pub async fn checks(
-    cluster: &ClusterOptions,
-    target: Option<&Target>,
-    node_host: Option<NodeHost>,
-) -> Found {
+pub async fn checks(cluster: &ClusterOptions, target: Option<&Target>, rules: &NodeRules) -> Found {
     let mut checks = Vec::new();
     let kube = match crate::k8s::connect(cluster).await {
         Ok(kube) => kube,
@@ -77,7 +73,7 @@ pub async fn checks(
     }
     checks.push(rights(&kube).await);
     let pod_ips = match target {
-        Some(target) => target_checks(&kube, target, node_host, &mut checks).await,
+        Some(target) => target_checks(&kube, target, rules, &mut checks).await,
         None => Vec::new(),
     };
     Found { checks, pod_ips }
@@ -174,14 +170,14 @@ async fn rights(kube: &Kube) -> Check {
 async fn target_checks(
     kube: &Kube,
     target: &Target,
-    node_host: Option<NodeHost>,
+    rules: &NodeRules,
     checks: &mut Vec<Check>,
 ) -> Vec<IpAddr> {
     let namespace = &kube.namespace;
     let what = format!("{target} in namespace {namespace}");
     let first = async {
         let config = watch_config(kube, target).await?;
-        let watch = PodWatch::start(kube, config, node_host, what.clone()).await?;
+        let watch = PodWatch::start(kube, config, rules.clone(), what.clone()).await?;
         let snapshot = watch.snapshot();
         let skipped = check_first(target, namespace, &snapshot)?;
         Ok::<_, DiscoverError>((snapshot, skipped))

@@ -69,12 +69,25 @@ pub fn ready(ready: &Ready, cookie: Option<&str>, show_cookie: bool, local: &str
          \x20 {env}erl -name {local} -setcookie {cookie} -hidden{erl_flags} -remsh {node}\n\
          \x20 or, in a node started with --hidden: Node.connect(:\"{node}\")\n",
     ));
-    if let Some(flags) = &ready.erl_flags {
-        text.push_str(&format!(
+    match (&ready.erl_flags, ready.mode) {
+        (Some(flags), Mode::Epmd) => text.push_str(&format!(
             "Every local node must be started with erlbridge's epmd module; for all nodes started \
              from a shell:\n  export ERL_AFLAGS=\"{flags}\"\n\
              A local node already running without these flags cannot reach the pods in this mode: \
              restart it with them, or use --mode nat (needs erlbridge-helperd).\n"
+        )),
+        (Some(flags), Mode::Nat) => text.push_str(&format!(
+            "The nodes are named by IPv6 addresses: local nodes need {flags} (in the commands \
+             above; erlbridge sets it for -- CMD and remsh).\n"
+        )),
+        (None, _) => {}
+    }
+    for n in ready.nodes.iter().filter(|n| n.found != "epmd") {
+        text.push_str(&format!(
+            "{} runs without epmd; erlbridge found it from the pod spec ({}) and answers local \
+             nodes' epmd queries for it.\n",
+            n.node,
+            n.found.trim_start_matches("no epmd: ")
         ));
     }
     if let Some(path) = &ready.inetrc {

@@ -13,6 +13,8 @@ fn pod(name: &str, ip: &str, uid: &str) -> PodInfo {
         epmd_port: 4369,
         host: ip.to_owned(),
         env: BTreeMap::new(),
+        epmdless: None,
+        alive: None,
     }
 }
 
