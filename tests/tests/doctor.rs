@@ -257,3 +257,35 @@ fn status_shows_the_callers_identity_policy_and_sessions() {
     assert_eq!(code, 7);
     assert!(err.contains("is not reachable"), "{err}");
 }
+
+#[test]
+fn a_helper_that_could_not_start_is_told_apart_from_one_that_is_not_there() {
+    let mut s = Scenario::start_without_helper(MANIFEST, 61063);
+    s.helperd = Some(
+        erlbridge_testbed::Helperd::start_activated(&s.ws, &s.bins, "idle_timeout_seconds = 0")
+            .expect("a socket-activated helper with a bad config"),
+    );
+    let (code, out, err) = s.run(&s.user, "status", &[]);
+    assert_eq!(code, 7, "{out}{err}");
+    assert!(
+        err.contains("the helper could not start: its config")
+            && err.contains("is invalid: `idle_timeout_seconds`")
+            && err.contains("sudo systemctl restart erlbridge-helperd")
+            && err.contains("(see journalctl -u erlbridge-helperd)"),
+        "{err}"
+    );
+    let (code, checks) = doctor_for(&s, &s.user.clone(), &s.cluster.kubeconfig.clone(), "nat");
+    assert_eq!(code, 1);
+    assert!(
+        text(&checks, "helper", "detail").contains("the helper could not start")
+            && text(&checks, "helper", "fix").contains("sudo systemctl restart erlbridge-helperd"),
+        "{checks:?}"
+    );
+    // up (auto) goes on in the epmd mode and says why.
+    let (code, _, err) = s.run(&s.user, "up", &["app-0", "--", "true"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("using mode epmd: the helper could not start"),
+        "{err}"
+    );
+}

@@ -59,7 +59,11 @@ fn the_readmes_ci_examples_run_as_written() {
     std::fs::create_dir_all(&project).expect("project");
     std::fs::write(project.join("mix.exs"), MIX_PROJECT).expect("mix.exs");
     std::fs::write(project.join("check.exs"), CHECK_EXS).expect("check.exs");
-    for path in [&project, &project.join("mix.exs"), &project.join("check.exs")] {
+    for path in [
+        &project,
+        &project.join("mix.exs"),
+        &project.join("check.exs"),
+    ] {
         std::os::unix::fs::chown(path, Some(s.user.uid), Some(s.user.gid)).expect("chown");
     }
     let examples = ci_examples();
