@@ -17,21 +17,18 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-use tracing::{debug, info, info_span, warn};
+use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use futures::FutureExt as _;
-use futures::future::BoxFuture;
-
-use crate::discover::{EPMD_PORT, Epmdless, PodInfo};
-use crate::epmd::{self, AskError, Malformed};
+use crate::discover::{EPMD_PORT, PodInfo, not_ready};
+use crate::epmd;
 use crate::forward::{self, Forward, ForwardError};
 use crate::k8s::Kube;
-use crate::reach::{Mode, Reach, ReachError, Route};
+use crate::mode::Mode;
+use crate::nodes::{self, Found, NodesError};
+use crate::reach::{Reach, ReachError, Route};
 use crate::reconcile::{Action, PodState, next_retry, plan};
 use crate::watch::PodWatch;
 
-/// How long asking a pod's epmd may take.
-const EPMD_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a pod that could not be bridged waits before the next try.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// The longest wait between two tries to reach a helper that went away.
@@ -100,24 +97,6 @@ enum Want {
     Responder(Vec<epmd::Known>),
 }
 
-/// How a pod's nodes were found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Found {
-    /// Its epmd told them.
-    Epmd,
-    /// It runs no epmd; its spec (or `--dist-port`) said, as the text tells.
-    Spec(String),
-}
-
-impl std::fmt::Display for Found {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Found::Epmd => f.write_str("epmd"),
-            Found::Spec(from) => write!(f, "no epmd: {from}"),
-        }
-    }
-}
-
 /// The loopback address of `ip`'s family, where its forwards listen.
 fn loopback(ip: IpAddr) -> IpAddr {
     match ip {
@@ -132,20 +111,21 @@ pub enum BridgeError {
     /// A forward could not be opened.
     #[error(transparent)]
     Forward(#[from] ForwardError),
-    /// The pod's epmd did not tell its nodes.
-    #[error("pod {pod} has no epmd answering on port {port}")]
-    NoEpmd {
-        /// The pod.
-        pod: String,
-        /// The epmd port.
-        port: u16,
-        /// What happened.
-        #[source]
-        source: AskError,
-    },
+    /// The pod's nodes could not be found.
+    #[error(transparent)]
+    Nodes(NodesError),
     /// The pod's nodes could not be made reachable.
     #[error(transparent)]
     Reach(#[from] ReachError),
+}
+
+impl From<NodesError> for BridgeError {
+    fn from(e: NodesError) -> BridgeError {
+        match e {
+            NodesError::Forward(e) => BridgeError::Forward(e),
+            e => BridgeError::Nodes(e),
+        }
+    }
 }
 
 /// A change the bridge made while up, for the user to read.
@@ -223,10 +203,7 @@ impl Bridge {
         let snapshot = watch.snapshot();
         let mut bridge = Bridge {
             pods: BTreeMap::new(),
-            skipped: snapshot
-                .values()
-                .filter_map(|seen| seen.as_ref().err().cloned())
-                .collect(),
+            skipped: not_ready(&snapshot),
             watch,
             reach,
             kube,
@@ -291,7 +268,7 @@ impl Bridge {
         let mut helper_back_at: Option<Instant> = None;
         let mut helper_delay = Duration::from_millis(100);
         loop {
-            let retry_at = next_retry(&self.pods);
+            let retry_at = next_retry(&self.watch.snapshot(), &self.pods);
             let mut restored = false;
             tokio::select! {
                 changed = self.watch.changed() => if !changed {
@@ -339,10 +316,7 @@ impl Bridge {
     /// Plans against the current snapshot and carries the plan out.
     async fn reconcile(&mut self) -> Vec<Change> {
         let snapshot = self.watch.snapshot();
-        self.skipped = snapshot
-            .values()
-            .filter_map(|seen| seen.as_ref().err().cloned())
-            .collect();
+        self.skipped = not_ready(&snapshot);
         let actions = plan(
             &snapshot,
             &self.pods,
@@ -356,29 +330,36 @@ impl Bridge {
                 Action::Bridge(info) | Action::Rebridge(info) => info.name.clone(),
                 Action::Drop(name) | Action::Remap(name) => name.clone(),
             };
-            let span = info_span!("heal", %pod);
-            let _guard = span.enter();
-            match action {
-                Action::Bridge(info) => {
-                    let came_back = match self.pods.get(&info.name) {
-                        Some(PodState::Gone) => true,
-                        Some(PodState::Failing { came_back, .. }) => *came_back,
-                        _ => false,
-                    };
-                    changes.extend(self.bridge(info, came_back).await);
-                }
-                Action::Rebridge(info) => {
-                    self.unbridge(&info.name).await;
-                    changes.extend(self.bridge(info, true).await);
-                }
-                Action::Drop(name) => changes.extend(self.drop_pod(&name).await),
-                Action::Remap(name) => changes.extend(self.remap(&name).await),
-            }
+            let change = self
+                .apply(action)
+                .instrument(info_span!("heal", %pod))
+                .await;
+            changes.extend(change);
         }
         if touched && let Err(e) = self.publish() {
             warn!(error = %e, "could not tell local nodes where the pods are now");
         }
         changes
+    }
+
+    /// Carries out one step of the plan.
+    async fn apply(&mut self, action: Action) -> Option<Change> {
+        match action {
+            Action::Bridge(info) => {
+                let came_back = match self.pods.get(&info.name) {
+                    Some(PodState::Gone) => true,
+                    Some(PodState::Failing { came_back, .. }) => *came_back,
+                    _ => false,
+                };
+                self.bridge(info, came_back).await
+            }
+            Action::Rebridge(info) => {
+                self.unbridge(&info.name).await;
+                self.bridge(info, true).await
+            }
+            Action::Drop(name) => self.drop_pod(&name).await,
+            Action::Remap(name) => self.remap(&name).await,
+        }
     }
 
     /// Bridges one pod; a failure leaves it to be tried again, reported the first time only.
@@ -418,49 +399,17 @@ impl Bridge {
         }
     }
 
-    /// The pod's nodes and how they were found: from its epmd, or, where it runs none, from
-    /// what its spec (or `--dist-port`) says of a node without epmd.
-    async fn nodes_of(&self, pod: &PodInfo) -> Result<(Vec<epmd::Registered>, Found), BridgeError> {
-        let from_spec = |epmdless: &Epmdless| match &pod.alive {
-            Some(alive) => Ok((
-                vec![epmd::Registered {
-                    name: alive.clone(),
-                    port: epmdless.port,
-                }],
-                Found::Spec(epmdless.from.clone()),
-            )),
-            None => Err(no_epmd(pod, AskError::Unnamed(epmdless.from.clone()))),
-        };
-        if let Some(epmdless) = pod.epmdless.as_ref().filter(|e| e.from.starts_with("--")) {
-            return from_spec(epmdless);
-        }
-        match (
-            ask(&self.kube, pod, |s| epmd::names(s).boxed()).await,
-            &pod.epmdless,
-        ) {
-            (Ok(names), _) if !names.is_empty() => Ok((names, Found::Epmd)),
-            (Ok(_) | Err(BridgeError::NoEpmd { .. }), Some(epmdless)) => from_spec(epmdless),
-            (Ok(_), None) => Err(no_epmd(pod, AskError::NoNodes)),
-            (Err(e), _) => Err(e),
-        }
-    }
-
     /// Asks the pod's epmd for its nodes, opens their forwards and makes them reachable. On
     /// failure nothing of it stays.
     async fn attach(&mut self, pod: &PodInfo) -> Result<Held, BridgeError> {
-        let (registered, found) = self.nodes_of(pod).await?;
+        let (registered, found) = nodes::find(&self.kube, pod).await?;
         let mut versions = Vec::new();
         for node in &registered {
             versions.push(match &found {
                 // OTP 23 and newer speak version 6; a node without epmd cannot say.
                 Found::Spec(_) => 6,
                 Found::Epmd if self.reach.needs_versions() => {
-                    let alive = node.name.clone();
-                    let port = ask(&self.kube, pod, move |s| {
-                        async move { epmd::port_please(s, &alive).await }.boxed()
-                    })
-                    .await?;
-                    port.map_or(6, |p| p.version)
+                    nodes::version(&self.kube, pod, &node.name).await?
                 }
                 Found::Epmd => 0,
             });
@@ -669,44 +618,5 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-fn no_epmd(pod: &PodInfo, source: AskError) -> BridgeError {
-    BridgeError::NoEpmd {
-        pod: pod.name.clone(),
-        port: pod.epmd_port,
-        source,
-    }
-}
-
-/// What `query` reads from the pod's epmd, asked through a port-forward of its own.
-pub async fn ask<T>(
-    kube: &Kube,
-    pod: &PodInfo,
-    query: impl for<'s> FnOnce(
-        &'s mut tokio::io::DuplexStream,
-    ) -> BoxFuture<'s, std::io::Result<Result<T, Malformed>>>,
-) -> Result<T, BridgeError> {
-    let asked = async {
-        let forward::Opened {
-            io: mut stream,
-            refused,
-        } = forward::open_with_retries(kube, &pod.name, pod.epmd_port).await?;
-        tokio::select! {
-            answer = query(&mut stream) => match answer {
-                Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(malformed)) => Err(no_epmd(pod, malformed.into())),
-                Err(e) => Err(no_epmd(pod, e.into())),
-            },
-            Some(message) = refused => {
-                debug!(pod = %pod.name, %message, "the pod refused its epmd port");
-                Err(no_epmd(pod, AskError::Refused))
-            }
-        }
-    };
-    match tokio::time::timeout(EPMD_TIMEOUT, asked).await {
-        Ok(result) => result,
-        Err(_) => Err(no_epmd(pod, AskError::Timeout(EPMD_TIMEOUT.as_secs()))),
     }
 }

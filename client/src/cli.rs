@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::cookie::CookieSource;
 use crate::discover::{NodeHost, NodeRules, Target};
 use crate::k8s::{ClusterOptions, RequestTimeout};
+use crate::mode::ModeChoice;
 use crate::output::Output;
-use crate::reach::ModeChoice;
 
 /// Exit codes, documented in `--help` and the README.
 pub mod exit {
@@ -121,15 +121,9 @@ pub struct DoctorArgs {
     /// its pods' epmd answers, the helper's policy takes their IPs, and the route to them.
     #[arg(value_parser = clap::value_parser!(Target))]
     pub target: Option<Target>,
-    /// The host part of node names, as `up` takes it.
-    #[arg(long, value_enum)]
-    pub node_host: Option<NodeHost>,
-    /// The distribution port of nodes that run without epmd, as `up` takes it.
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub dist_port: Option<u16>,
-    /// The name of nodes that run without epmd, as `up` takes it.
-    #[arg(long, value_name = "NAME")]
-    pub node_name: Option<String>,
+    /// How the pods' nodes are named and found, as `up` takes it.
+    #[command(flatten)]
+    pub nodes: NodeArgs,
     /// Where the cluster is.
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -199,18 +193,9 @@ pub struct BridgeArgs {
     /// text for people, json for scripts (one event per line).
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
-    /// The host part of node names: the pod IP, or its DNS name (default: what the pod's
-    /// RELEASE_NODE says, else the IP).
-    #[arg(long, value_enum)]
-    pub node_host: Option<NodeHost>,
-    /// The distribution port of nodes that run without epmd, where the pod spec does not say
-    /// it (it reads -erl_epmd_port in the container's args or ERL_FLAGS, and ERL_DIST_PORT).
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub dist_port: Option<u16>,
-    /// The name (the part before @) of nodes that run without epmd, where neither RELEASE_NODE
-    /// nor -name in the pod spec gives it.
-    #[arg(long, value_name = "NAME")]
-    pub node_name: Option<String>,
+    /// How the pods' nodes are named and found.
+    #[command(flatten)]
+    pub nodes: NodeArgs,
     /// Where the Erlang cookie is: secret/NAME[:KEY] or env[:VARIABLE] (the pods' environment,
     /// RELEASE_COOKIE by default). Without it, the pods' RELEASE_COOKIE is used if they set one.
     #[arg(long, value_name = "SOURCE", value_parser = clap::value_parser!(CookieSource))]
@@ -231,7 +216,24 @@ pub struct BridgeArgs {
     pub name: Option<String>,
 }
 
-impl BridgeArgs {
+/// How the pods' nodes are named and found; shared by `up`, `remsh` and `doctor`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The host part of node names: the pod IP, or its DNS name (default: what the pod's
+    /// RELEASE_NODE says, else the IP).
+    #[arg(long, value_enum)]
+    pub node_host: Option<NodeHost>,
+    /// The distribution port of nodes that run without epmd, where the pod spec does not say
+    /// it (it reads -erl_epmd_port in the container's args or ERL_FLAGS, and ERL_DIST_PORT).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub dist_port: Option<u16>,
+    /// The name (the part before @) of nodes that run without epmd, where neither RELEASE_NODE
+    /// nor -name in the pod spec gives it.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+}
+
+impl NodeArgs {
     /// How the flags shape what erlbridge reads of pods.
     pub fn rules(&self) -> NodeRules {
         NodeRules {
@@ -239,6 +241,13 @@ impl BridgeArgs {
             dist_port: self.dist_port,
             node_name: self.node_name.clone(),
         }
+    }
+}
+
+impl BridgeArgs {
+    /// How the flags shape what erlbridge reads of pods.
+    pub fn rules(&self) -> NodeRules {
+        self.nodes.rules()
     }
 
     /// The target, from TARGET or -l.

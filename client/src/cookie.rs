@@ -30,7 +30,7 @@ pub enum CookieSource {
 
 /// A `--cookie-from` that is none of the accepted forms.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("--cookie-from {0:?}: use secret/NAME, secret/NAME:KEY, env or env:VARIABLE")]
+#[error("--cookie-from \"{0}\": use secret/NAME, secret/NAME:KEY, env or env:VARIABLE")]
 pub struct BadSource(String);
 
 impl FromStr for CookieSource {
@@ -128,18 +128,28 @@ pub async fn resolve(
                 None if data.contains_key("cookie") => "cookie".to_owned(),
                 None => {
                     return Err(CookieError::NotFound(format!(
-                        "secret {name} has the keys {keys:?}; say which one holds the cookie: --cookie-from secret/{name}:KEY"
+                        "secret {name} has the keys {}; say which one holds the cookie: --cookie-from secret/{name}:KEY",
+                        list(&keys)
                     )));
                 }
             };
             let value = data.get(&chosen).ok_or_else(|| {
-                CookieError::NotFound(format!("secret {name} has no key {chosen:?} (it has {keys:?})"))
+                CookieError::NotFound(format!("secret {name} has no key \"{chosen}\" (it has {})", list(&keys)))
             })?;
             let cookie = String::from_utf8(value.0.clone())
-                .map_err(|_| CookieError::NotFound(format!("secret {name} key {chosen:?} is not text")))?;
+                .map_err(|_| CookieError::NotFound(format!("secret {name} key \"{chosen}\" is not text")))?;
             Ok(cookie.trim().to_owned())
         }
     }
+}
+
+/// Names, each in quotes, joined for a sentence.
+fn list(names: &[&String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Writes the cookie to `path`, readable by the owner only.

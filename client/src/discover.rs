@@ -70,15 +70,15 @@ impl FromStr for Target {
             "deployment" | "deployments" | "deploy" if apps => Target::Deployment(name.to_owned()),
             _ => {
                 return Err(BadTarget(format!(
-                    "unsupported kind {kind:?} in target {text:?}; use POD, pod/NAME, \
+                    "unsupported kind \"{kind}\" in target \"{text}\"; use POD, pod/NAME, \
                      statefulset/NAME (sts/NAME) or deployment/NAME, or -l SELECTOR"
                 )));
             }
         };
         if !valid_name(name) || name.contains('/') {
             return Err(BadTarget(format!(
-                "{name:?} is not a valid Kubernetes name (lowercase letters, digits, '-' and '.'), \
-                 in target {text:?}"
+                "\"{name}\" is not a valid Kubernetes name (lowercase letters, digits, '-' and \
+                 '.'), in target \"{text}\""
             )));
         }
         Ok(target)
@@ -241,6 +241,7 @@ pub fn pod_info(pod: &Pod, rules: &NodeRules) -> Result<PodInfo, String> {
         Some(port) => Some(Epmdless {
             port,
             from: format!("--dist-port {port}"),
+            forced: true,
         }),
         None => spec::epmdless(&words, lookup),
     };
@@ -346,6 +347,14 @@ pub fn workload_selector(
     Ok(selector)
 }
 
+/// Why each pod of `snapshot` that is not ready to bridge is not.
+pub fn not_ready(snapshot: &Snapshot) -> Vec<String> {
+    snapshot
+        .values()
+        .filter_map(|seen| seen.as_ref().err().cloned())
+        .collect()
+}
+
 /// Whether the first complete snapshot of `target`'s pods has something to bridge: the pod
 /// exists (and is ready), or the workload has pods and at least one is ready. Returns why
 /// each pod that is not ready is left out.
@@ -363,10 +372,7 @@ pub fn check_first(
             target => format!("{target} has no pods in namespace {namespace}"),
         }));
     }
-    let skipped: Vec<String> = snapshot
-        .values()
-        .filter_map(|seen| seen.as_ref().err().cloned())
-        .collect();
+    let skipped = not_ready(snapshot);
     if skipped.len() == snapshot.len() {
         return Err(DiscoverError::NotReady(match target {
             Target::Pod(_) => skipped.join("; "),

@@ -12,8 +12,8 @@ use ipnet::IpNet;
 use crate::discover::{NodeRules, Target};
 use crate::helper::{self, HelperError};
 use crate::k8s::ClusterOptions;
+use crate::mode::{Mode, ModeChoice};
 use crate::output::{self, Event, Output, say};
-use crate::reach::{Mode, ModeChoice};
 use crate::route;
 
 mod cluster;
@@ -160,12 +160,15 @@ fn route_check(probes: &[IpAddr], aliases: bool) -> Check {
     }
     let said: Vec<String> = probes
         .iter()
-        .map(|ip| match (route::needs_alias(*ip), aliases) {
-            (false, _) => format!("{ip}: routed"),
-            (true, true) => {
-                format!("{ip}: no route; up puts it on lo for the bridge (a loopback alias)")
+        .map(|ip| {
+            let aliased = aliases && route::aliasable(&[*ip]);
+            match (route::needs_alias(*ip), aliased) {
+                (false, _) => format!("{ip}: routed"),
+                (true, true) => {
+                    format!("{ip}: no route; up puts it on lo for the bridge (a loopback alias)")
+                }
+                (true, false) => format!("{ip}: no route"),
             }
-            (true, false) => format!("{ip}: no route"),
         })
         .collect();
     pass("route", said.join("; "))
@@ -247,19 +250,18 @@ pub async fn checks(request: &Request) -> Vec<Check> {
         cluster::checks(&request.cluster, request.target.as_ref(), &request.rules)
     );
     let (kube, pod_ips) = (found.checks, found.pod_ips);
-    let refusal = helper.iter().find(|c| !c.ok).map(|c| c.detail.clone());
-    let allowed: Vec<IpNet> = policy
+    // What `up` learns by opening a session: the helper answers and lets this user in.
+    let refusal = helper
         .iter()
-        .flat_map(|p| p.allowed_cidrs.iter())
-        .filter_map(|c| c.parse().ok())
-        .collect();
+        .find(|c| !c.ok && matches!(c.name, "helper" | "allowed"))
+        .map(|c| c.detail.clone());
+    let allowed: Vec<IpNet> = policy
+        .as_ref()
+        .map(helper::allowed_networks)
+        .unwrap_or_default();
     let aliases = policy.as_ref().is_some_and(|p| p.aliases);
     let probes = route_probes(&pod_ips, &allowed);
-    let unrouted: Vec<IpAddr> = probes
-        .iter()
-        .copied()
-        .filter(|ip| route::needs_alias(*ip))
-        .collect();
+    let unrouted = route::unrouted(&probes);
     let view = match &refusal {
         Some(why) => Err(why.as_str()),
         None => Ok(aliases),

@@ -66,7 +66,7 @@ pub struct PortInfo {
 /// Frames a PORT_PLEASE2 request for `alive`.
 pub fn port_please_request(alive: &str) -> Result<Vec<u8>, Malformed> {
     let len = u16::try_from(alive.len() + 1)
-        .map_err(|_| Malformed(format!("the node name {alive:?} is too long")))?;
+        .map_err(|_| Malformed(format!("the node name {alive} is too long")))?;
     let mut request = len.to_be_bytes().to_vec();
     request.push(122);
     request.extend_from_slice(alive.as_bytes());
@@ -216,14 +216,14 @@ pub fn parse_names(reply: &[u8]) -> Result<Vec<Registered>, Malformed> {
         .map(|line| {
             let rest = line
                 .strip_prefix("name ")
-                .ok_or_else(|| Malformed(format!("unexpected line {line:?}")))?;
+                .ok_or_else(|| Malformed(format!("unexpected line \"{line}\"")))?;
             let (name, port) = rest
                 .rsplit_once(" at port ")
-                .ok_or_else(|| Malformed(format!("unexpected line {line:?}")))?;
+                .ok_or_else(|| Malformed(format!("unexpected line \"{line}\"")))?;
             let port = port
                 .trim()
                 .parse()
-                .map_err(|_| Malformed(format!("bad port in {line:?}")))?;
+                .map_err(|_| Malformed(format!("bad port in \"{line}\"")))?;
             Ok(Registered {
                 name: name.to_owned(),
                 port,

@@ -10,7 +10,7 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedSender;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::k8s::{ApiError, Kube};
 
@@ -179,7 +179,7 @@ pub async fn listen(
                     // a pause this loop would spin. Report the first failure of a run only.
                     let delay = match backoff {
                         None => {
-                            warn!(%pod, port, error = %e, "cannot accept; backing off");
+                            debug!(%pod, port, error = %e, "cannot accept; backing off");
                             let error = ForwardError::Accept {
                                 local,
                                 pod: pod.clone(),
@@ -211,7 +211,7 @@ pub async fn listen(
             let (kube, pod, failures) = (kube.clone(), pod.clone(), failures.clone());
             tokio::spawn(async move {
                 if let Err(error) = relay(conn, &kube, &pod, port).await {
-                    warn!(%pod, port, %peer, error = %error, "a forwarded connection failed");
+                    debug!(%pod, port, %peer, error = %error, "a forwarded connection failed");
                     let _ = failures.send(Failed { pod, port, error });
                 }
             });

@@ -64,6 +64,7 @@ pub struct Said(pub String);
 /// A live helper session.
 pub struct Session {
     client: pb::helper_client::HelperClient<Channel>,
+    socket: PathBuf,
     id: u64,
     // Holding the stream is what keeps the session (and its rules) alive.
     events: tonic::Streaming<pb::SessionEvent>,
@@ -199,6 +200,7 @@ impl Session {
         match events.message().await.ok().flatten().and_then(|e| e.event) {
             Some(pb::session_event::Event::Opened(opened)) => Ok(Session {
                 client,
+                socket: socket.to_owned(),
                 id: opened.session_id,
                 events,
             }),
@@ -218,7 +220,7 @@ impl Session {
             })
             .await
             .map(|_| ())
-            .map_err(|status| refused(format!("a mapping for {pod}"), status))
+            .map_err(|status| self.failed(format!("a mapping for {pod}"), status))
     }
 
     /// Removes the redirect of `pod`.
@@ -231,7 +233,7 @@ impl Session {
             })
             .await
             .map(|_| ())
-            .map_err(|status| refused(format!("removing the mapping for {pod}"), status))
+            .map_err(|status| self.failed(format!("removing the mapping for {pod}"), status))
     }
 
     /// Puts `ip` on the loopback interface for this session (so connect() finds a route).
@@ -243,7 +245,7 @@ impl Session {
             })
             .await
             .map(|_| ())
-            .map_err(|status| refused(format!("a loopback alias for {ip}"), status))
+            .map_err(|status| self.failed(format!("a loopback alias for {ip}"), status))
     }
 
     /// Releases this session's alias of `ip`.
@@ -255,7 +257,7 @@ impl Session {
             })
             .await
             .map(|_| ())
-            .map_err(|status| refused(format!("removing the loopback alias {ip}"), status))
+            .map_err(|status| self.failed(format!("removing the loopback alias {ip}"), status))
     }
 
     /// This user's live sessions (on this session's connection).
@@ -264,7 +266,7 @@ impl Session {
             .list_sessions(pb::ListSessionsRequest {})
             .await
             .map(|r| r.into_inner().sessions)
-            .map_err(|status| refused("listing sessions", status))
+            .map_err(|status| self.failed("listing sessions", status))
     }
 
     /// The policy the helper applies (on this session's connection).
@@ -273,13 +275,35 @@ impl Session {
             .who_am_i(pb::WhoAmIRequest {})
             .await
             .map(|r| r.into_inner().policy.unwrap_or_default())
-            .map_err(|status| refused("telling its policy", status))
+            .map_err(|status| self.failed("telling its policy", status))
+    }
+
+    /// A failed call: the helper refused (its message says why), could not start, or is gone
+    /// (a dropped connection is not a refusal).
+    fn failed(&self, what: impl Into<String>, status: tonic::Status) -> HelperError {
+        match status.code() {
+            tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::FailedPrecondition => failed_call(&self.socket, &status),
+            _ => refused(what, status),
+        }
     }
 
     /// Completes when the helper ends the session (it stopped, restarted, or dropped us).
     pub async fn ended(&mut self) {
         while let Ok(Some(_)) = self.events.message().await {}
     }
+}
+
+/// The pod networks the helper's policy allows.
+pub fn allowed_networks(policy: &pb::Policy) -> Vec<ipnet::IpNet> {
+    policy
+        .allowed_cidrs
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect()
 }
 
 /// The bridge's line to the helper: a session that can be lost (the helper stopped or

@@ -47,14 +47,13 @@ impl std::str::FromStr for RequestTimeout {
     }
 }
 
-/// The default `--request-timeout`.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Reads a `--request-timeout` as kubectl does: `10s`, `2m`, `1h`, a bare number of seconds,
 /// or `0` for no bound.
 pub fn parse_timeout(text: &str) -> Result<Option<Duration>, String> {
     let bad = || {
-        format!("{text:?} is not a duration: use a number with a unit (10s, 2m, 1h), or 0 for none")
+        format!(
+            "\"{text}\" is not a duration: use a number with a unit (10s, 2m, 1h), or 0 for none"
+        )
     };
     let (digits, unit) = text
         .find(|c: char| !c.is_ascii_digit())
@@ -276,9 +275,9 @@ pub enum K8sError {
     /// No configuration could be found or used.
     #[error(
         "cannot find a usable Kubernetes configuration (checked KUBECONFIG, ~/.kube/config and \
-         the in-cluster service account); pass --kubeconfig FILE or --context NAME"
+         the in-cluster service account: {0}); pass --kubeconfig FILE or --context NAME"
     )]
-    Infer(#[source] kube::config::InferConfigError),
+    Infer(String),
     /// The context or cluster entry is unusable.
     #[error("cannot use the kubeconfig's context: {0}")]
     Context(String),
@@ -297,10 +296,11 @@ pub enum K8sError {
 }
 
 /// What is wrong with a kubeconfig, in a few plain words (kube's own text repeats the path in
-/// Debug quotes).
-fn kubeconfig_reason(e: &kube::config::KubeconfigError) -> String {
+/// Debug quotes); `with_path` names the file where the caller's message does not.
+fn kubeconfig_reason(e: &kube::config::KubeconfigError, with_path: bool) -> String {
     use kube::config::KubeconfigError as K;
     match e {
+        K::ReadConfig(io, path) if with_path => format!("cannot read {}: {io}", path.display()),
         K::ReadConfig(io, _) => io.to_string(),
         K::Parse(e) => format!("it is not a kubeconfig ({e})"),
         K::LoadContext(name) => format!("it has no context {name}"),
@@ -321,19 +321,26 @@ pub async fn connect(opts: &ClusterOptions) -> Result<Kube, K8sError> {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path).map_err(|e| K8sError::Kubeconfig {
                 path: path.clone(),
-                reason: kubeconfig_reason(&e),
+                reason: kubeconfig_reason(&e, false),
             })?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &kc_opts)
                 .await
                 .map_err(|e| K8sError::Kubeconfig {
                     path: path.clone(),
-                    reason: kubeconfig_reason(&e),
+                    reason: kubeconfig_reason(&e, false),
                 })?
         }
         None if opts.context.is_some() => kube::Config::from_kubeconfig(&kc_opts)
             .await
-            .map_err(|e| K8sError::Context(kubeconfig_reason(&e)))?,
-        None => kube::Config::infer().await.map_err(K8sError::Infer)?,
+            .map_err(|e| K8sError::Context(kubeconfig_reason(&e, true)))?,
+        None => kube::Config::infer().await.map_err(|e| {
+            use std::error::Error as _;
+            K8sError::Infer(
+                e.source()
+                    .and_then(|s| s.downcast_ref::<kube::config::KubeconfigError>())
+                    .map_or_else(|| root_cause(&e), |k| kubeconfig_reason(k, true)),
+            )
+        })?,
     };
     if let Some(ns) = &opts.namespace {
         config.default_namespace = ns.clone();

@@ -21,6 +21,8 @@ pub mod generate;
 pub mod helper;
 pub mod inetrc;
 pub mod k8s;
+pub mod mode;
+pub mod nodes;
 pub mod output;
 pub mod reach;
 pub mod reconcile;

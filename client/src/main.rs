@@ -61,11 +61,7 @@ fn main() -> ExitCode {
                     socket: args.helper_socket.clone(),
                     cluster: args.cluster.options(),
                     target: args.target.clone(),
-                    rules: erlbridge::discover::NodeRules {
-                        node_host: args.node_host,
-                        dist_port: args.dist_port,
-                        node_name: args.node_name.clone(),
-                    },
+                    rules: args.nodes.rules(),
                     mode: args.mode,
                 };
                 Ok(erlbridge::doctor::run(request, args.output).await)

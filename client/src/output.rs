@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bridge::{BridgedNode, Change};
 use crate::forward::ForwardError;
-use crate::reach::Mode;
+use crate::mode::Mode;
 
 pub mod text;
 
@@ -417,6 +417,134 @@ mod tests {
         }
         let back: Event = serde_json::from_value(json).unwrap();
         assert_eq!(back, ready);
+    }
+
+    #[test]
+    fn every_event_keeps_its_fields() {
+        let node = BridgedNode {
+            node: "app@10.244.1.8".into(),
+            pod: "app-0".into(),
+            namespace: "default".into(),
+            ip: "10.244.1.8".parse().unwrap(),
+            epmd_port: 4369,
+            dist_port: 9100,
+            alias: false,
+            found: "epmd".into(),
+        };
+        let n = r#"{"node":"app@10.244.1.8","pod":"app-0","namespace":"default","ip":"10.244.1.8","epmd_port":4369,"dist_port":9100,"alias":false,"found":"epmd"}"#;
+        let cases = [
+            (
+                Event::PodAdded {
+                    pod: "app-0".into(),
+                    nodes: vec![node.clone()],
+                },
+                format!(r#"{{"event":"pod_added","pod":"app-0","nodes":[{n}]}}"#),
+            ),
+            (
+                Event::PodChanged {
+                    pod: "app-0".into(),
+                    nodes: vec![node.clone()],
+                },
+                format!(r#"{{"event":"pod_changed","pod":"app-0","nodes":[{n}]}}"#),
+            ),
+            (
+                Event::PodRemoved {
+                    pod: "app-0".into(),
+                    nodes: vec![node],
+                },
+                format!(r#"{{"event":"pod_removed","pod":"app-0","nodes":[{n}]}}"#),
+            ),
+            (
+                Event::HelperRestored,
+                r#"{"event":"helper_restored"}"#.to_owned(),
+            ),
+            (
+                Event::Warning {
+                    message: "m".into(),
+                },
+                r#"{"event":"warning","message":"m"}"#.to_owned(),
+            ),
+            (
+                Event::Error {
+                    code: 3,
+                    kind: "target_not_found".into(),
+                    message: "m".into(),
+                },
+                r#"{"event":"error","code":3,"kind":"target_not_found","message":"m"}"#.to_owned(),
+            ),
+            (
+                Event::Check {
+                    check: "rbac".into(),
+                    ok: false,
+                    detail: "d".into(),
+                    fix: Some("f".into()),
+                },
+                r#"{"event":"check","check":"rbac","ok":false,"detail":"d","fix":"f"}"#.to_owned(),
+            ),
+            (
+                Event::Summary {
+                    ok: false,
+                    failed: vec!["rbac".into()],
+                },
+                r#"{"event":"summary","ok":false,"failed":["rbac"]}"#.to_owned(),
+            ),
+        ];
+        for (event, text) in cases {
+            assert_eq!(serde_json::to_string(&event).unwrap(), text);
+            assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), event);
+        }
+        let status: serde_json::Value =
+            serde_json::to_value(Event::Status(Box::new(StatusReport {
+                helper: HelperInfo {
+                    version: "0.1.0".into(),
+                    api_version: 1,
+                    socket: "/run/erlbridge/helper.sock".into(),
+                    nft: "nftables v1.0.6".into(),
+                },
+                caller: CallerInfo {
+                    uid: 1000,
+                    gid: 1000,
+                    groups: vec![61000],
+                    allowed: true,
+                    refusal: String::new(),
+                },
+                policy: PolicyInfo {
+                    group: "erlbridge".into(),
+                    allowed_uids: vec![],
+                    allowed_cidrs: vec!["10.0.0.0/8".into()],
+                    max_rules_per_uid: 64,
+                    max_sessions_per_uid: 16,
+                    aliases: false,
+                },
+                sessions: vec![SessionReport {
+                    session: 1,
+                    uid: 1000,
+                    pid: 42,
+                    label: "erlbridge up pod/app-0".into(),
+                    opened_unix_seconds: 1,
+                    mappings: vec![MappingReport {
+                        pod_ip: "10.244.1.8".into(),
+                        pod_port: 4369,
+                        local_ip: "127.0.0.1".into(),
+                        local_port: 40000,
+                        uid: 1000,
+                    }],
+                    aliases: vec![],
+                }],
+            })))
+            .unwrap();
+        assert_eq!(
+            status,
+            serde_json::json!({"event": "status",
+                "helper": {"version": "0.1.0", "api_version": 1, "socket": "/run/erlbridge/helper.sock", "nft": "nftables v1.0.6"},
+                "caller": {"uid": 1000, "gid": 1000, "groups": [61000], "allowed": true, "refusal": ""},
+                "policy": {"group": "erlbridge", "allowed_uids": [], "allowed_cidrs": ["10.0.0.0/8"],
+                           "max_rules_per_uid": 64, "max_sessions_per_uid": 16, "aliases": false},
+                "sessions": [{"session": 1, "uid": 1000, "pid": 42, "label": "erlbridge up pod/app-0",
+                    "opened_unix_seconds": 1, "aliases": [],
+                    "mappings": [{"pod_ip": "10.244.1.8", "pod_port": 4369, "local_ip": "127.0.0.1",
+                                  "local_port": 40000, "uid": 1000}]}]})
+        );
     }
 
     #[test]

@@ -11,14 +11,12 @@
 //!
 //! [`crate::bridge`] asks the same questions of either and never branches on the mode itself.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-
 use crate::helper::{HelperError, Link};
 use crate::inetrc::{self, InetrcError};
+pub use crate::mode::{Mode, ModeChoice};
 use crate::route::{self, NoRoute};
 use crate::runtime::RuntimeDir;
 
@@ -29,36 +27,6 @@ pub const EPMD_MODULE_BEAM: &[u8] = include_bytes!("../erlang/erlbridge_epmd.bea
 pub const EPMD_MODULE: &str = "erlbridge_epmd";
 /// The map file the module reads, beside its .beam.
 pub const EPMD_MAP: &str = "nodes.eterm";
-
-/// The way pod nodes are made reachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Through erlbridge-helperd's uid-scoped DNAT.
-    Nat,
-    /// Through erlbridge's epmd module in local nodes started with it.
-    Epmd,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Nat => "nat",
-            Mode::Epmd => "epmd",
-        })
-    }
-}
-
-/// `--mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ModeChoice {
-    /// nat when erlbridge-helperd answers, else epmd.
-    Auto,
-    /// Through erlbridge-helperd (it must be installed and let you in).
-    Nat,
-    /// Through the epmd module, with no helper and no privilege.
-    Epmd,
-}
 
 /// Where one bridged node is reached locally.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,13 +203,8 @@ impl Reach {
         if !route::needs_alias(ip) {
             return Ok(false);
         }
-        if !helper.policy().aliases {
-            let allowed: Vec<ipnet::IpNet> = helper
-                .policy()
-                .allowed_cidrs
-                .iter()
-                .filter_map(|c| c.parse().ok())
-                .collect();
+        if !helper.policy().aliases || !route::aliasable(&[ip]) {
+            let allowed = crate::helper::allowed_networks(helper.policy());
             return Err(route::no_route(&[ip], &allowed).into());
         }
         helper.alias(ip).await?;

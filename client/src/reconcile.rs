@@ -95,11 +95,15 @@ pub fn plan<R>(
     actions
 }
 
-/// When the earliest failed pod is due for another try, if any is.
-pub fn next_retry<R>(pods: &BTreeMap<String, PodState<R>>) -> Option<Instant> {
-    pods.values()
-        .filter_map(|state| match state {
-            PodState::Failing { retry_at, .. } => Some(*retry_at),
+/// When the earliest failed pod that is ready to bridge is due for another try, if any is.
+/// A failed pod that is not ready (or gone) waits for the watch to say it changed: counting it
+/// here would wake the bridge at once, for ever.
+pub fn next_retry<R>(snapshot: &Snapshot, pods: &BTreeMap<String, PodState<R>>) -> Option<Instant> {
+    pods.iter()
+        .filter_map(|(name, state)| match state {
+            PodState::Failing { retry_at, .. } if matches!(snapshot.get(name), Some(Ok(_))) => {
+                Some(*retry_at)
+            }
             _ => None,
         })
         .min()

@@ -216,6 +216,16 @@ pub async fn run(args: RemshArgs) -> Result<u8, Failure> {
         "erlbridge: careful: in this shell q(), init:stop() and System.halt() stop the POD's \
          node {node}; leave with Ctrl-G then q (or Ctrl-C then a), which ends only this shell"
     );
+    // Ctrl-C belongs to the shell (its BREAK menu): erlbridge takes SIGINT and ignores it.
+    // SIGTERM and SIGHUP (a closed terminal) end the shell. Taken before the shell starts, so
+    // no signal in between ends erlbridge and leaves the shell behind.
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return Err(Failure::new(exit::OTHER, "local", "cannot handle signals"));
+    };
     let terminal = TerminalGuard::save();
     let mut shell = erlang_command(&argv[0], &home, &ready)
         .args(&argv[1..])
@@ -228,15 +238,6 @@ pub async fn run(args: RemshArgs) -> Result<u8, Failure> {
                 format!("cannot start {}: {e}", argv[0]),
             )
         })?;
-    // Ctrl-C belongs to the shell (its BREAK menu): erlbridge takes SIGINT and ignores it.
-    // SIGTERM and SIGHUP (a closed terminal) end the shell.
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        return Err(Failure::new(exit::OTHER, "local", "cannot handle signals"));
-    };
     let heal = async {
         bridge.run(|change| output::change(output, &change)).await;
         // The watch ended for good: keep the bridge as it is.

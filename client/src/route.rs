@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 
 use ipnet::IpNet;
 
-use crate::reach::{Mode, ModeChoice};
+use crate::mode::{Mode, ModeChoice};
 
 /// Whether the kernel has a route to `ip`. Connecting a UDP socket is the kernel's route
 /// lookup; it sends nothing.
@@ -49,8 +49,9 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "no route to {} on this host, so connections cannot reach erlbridge's redirect, and \
-     erlbridge-helperd may not add loopback aliases; add a route toward {}, or ask IT to set \
-     `aliases = true` in helperd.toml, or use --mode epmd",
+     erlbridge-helperd cannot put it on lo (its loopback aliases are off, or the address is \
+     IPv6); add a route toward {}, or ask IT to set `aliases = true` in helperd.toml (for IPv4 \
+     pods), or use --mode epmd",
     list(.ips),
     list(.networks)
 )]
@@ -94,16 +95,33 @@ pub fn decide(
             why: Some(why.to_owned()),
         }),
         (_, Ok(_)) if unrouted.is_empty() => Ok(nat),
-        (_, Ok(true)) => Ok(nat),
-        (ModeChoice::Auto, Ok(false)) => Ok(Decision {
+        (_, Ok(true)) if aliasable(unrouted) => Ok(nat),
+        (ModeChoice::Auto, Ok(aliases)) => Ok(Decision {
             mode: Mode::Epmd,
             why: Some(format!(
-                "no route to {} on this host, and erlbridge-helperd may not add loopback aliases",
-                list(unrouted)
+                "no route to {} on this host, and erlbridge-helperd {}",
+                list(unrouted),
+                if aliases {
+                    "puts IPv4 addresses only on lo"
+                } else {
+                    "may not add loopback aliases"
+                }
             )),
         }),
-        (ModeChoice::Nat, Ok(false)) => Err(no_route(unrouted, allowed)),
+        (ModeChoice::Nat, Ok(_)) => Err(no_route(unrouted, allowed)),
     }
+}
+
+/// Whether loopback aliases can make every address of `ips` connectable: the helper aliases
+/// IPv4 addresses only.
+pub fn aliasable(ips: &[IpAddr]) -> bool {
+    ips.iter().all(IpAddr::is_ipv4)
+}
+
+/// The pod addresses among `ips` that need a loopback alias of this session's
+/// ([`needs_alias`]).
+pub fn unrouted(ips: &[IpAddr]) -> Vec<IpAddr> {
+    ips.iter().copied().filter(|ip| needs_alias(*ip)).collect()
 }
 
 /// The refusal for pods at `ips` that have no route, naming the networks to route: the most
@@ -141,6 +159,7 @@ mod tests {
         let pods: IpNet = "10.244.0.0/16".parse().unwrap();
         let wide: IpNet = "10.0.0.0/8".parse().unwrap();
         let unrouted = [ip("10.244.1.8")];
+        let v6 = [ip("fd00::8")];
         let epmd = |why: Option<&str>| {
             Ok(Decision {
                 mode: Mode::Epmd,
@@ -198,6 +217,26 @@ mod tests {
                 nat.clone(),
             ),
             (
+                "auto with aliases but an IPv6 pod: the helper aliases IPv4 only",
+                ModeChoice::Auto,
+                Ok(true),
+                &v6[..],
+                epmd(Some(
+                    "no route to fd00::8 on this host, and erlbridge-helperd puts IPv4 \
+                     addresses only on lo",
+                )),
+            ),
+            (
+                "nat with aliases but an IPv6 pod",
+                ModeChoice::Nat,
+                Ok(true),
+                &v6[..],
+                Err(NoRoute {
+                    ips: v6.to_vec(),
+                    networks: vec!["fd00::8/128".parse().unwrap()],
+                }),
+            ),
+            (
                 "nat, helper failing",
                 ModeChoice::Nat,
                 Err("gone"),
@@ -225,8 +264,9 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "no route to 10.244.1.8 on this host, so connections cannot reach erlbridge's \
-             redirect, and erlbridge-helperd may not add loopback aliases; add a route toward \
-             10.244.1.8/32, or ask IT to set `aliases = true` in helperd.toml, or use --mode epmd"
+             redirect, and erlbridge-helperd cannot put it on lo (its loopback aliases are off, \
+             or the address is IPv6); add a route toward 10.244.1.8/32, or ask IT to set \
+             `aliases = true` in helperd.toml (for IPv4 pods), or use --mode epmd"
         );
     }
 

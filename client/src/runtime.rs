@@ -15,12 +15,6 @@ pub const ENV_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
 /// Why the runtime directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// Neither XDG_RUNTIME_DIR nor HOME is set.
-    #[error(
-        "erlbridge needs a private directory for the files local nodes read, and neither \
-         XDG_RUNTIME_DIR nor HOME is set; set XDG_RUNTIME_DIR to a directory of yours"
-    )]
-    NoBase,
     /// The directory could not be made or checked.
     #[error(
         "cannot use {path} as erlbridge's runtime directory; set XDG_RUNTIME_DIR to a \
@@ -122,15 +116,17 @@ impl Drop for RuntimeDir {
     }
 }
 
-/// `$XDG_RUNTIME_DIR/erlbridge`, else `~/.cache/erlbridge/run`.
+/// `$XDG_RUNTIME_DIR/erlbridge`, else `~/.cache/erlbridge/run`, else (no HOME either, as in
+/// some CI containers) `erlbridge-UID` in the temporary directory, which [`RuntimeDir::create`]
+/// checks is this user's own and private.
 fn base() -> Result<PathBuf, RuntimeError> {
     if let Some(dir) = std::env::var_os(ENV_RUNTIME_DIR).filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir).join("erlbridge"));
     }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .ok_or(RuntimeError::NoBase)?;
-    Ok(PathBuf::from(home).join(".cache/erlbridge/run"))
+    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home).join(".cache/erlbridge/run"));
+    }
+    Ok(std::env::temp_dir().join(format!("erlbridge-{}", nix::unistd::geteuid())))
 }
 
 /// Removes the directories of erlbridge processes that no longer run.

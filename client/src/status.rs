@@ -7,7 +7,7 @@ use crate::cli::exit;
 use crate::helper::{self, HelperError};
 use crate::output::{
     self, CallerInfo, Event, Failure, HelperInfo, MappingReport, Output, PolicyInfo, SessionReport,
-    StatusReport,
+    StatusReport, say,
 };
 
 /// Runs `erlbridge status`; returns the exit code (0, or 7 when the helper is unreachable).
@@ -118,7 +118,7 @@ pub async fn run(socket: PathBuf, output: Output) -> Result<u8, Failure> {
                     text.push_str(&format!("  alias {a} on lo\n"));
                 }
             }
-            print!("{text}");
+            say(text.trim_end());
         }
     }
     Ok(exit::OK)

@@ -17,8 +17,9 @@ use crate::forward::ForwardError;
 use crate::helper::{HelperError, Link};
 use crate::k8s::K8sError;
 use crate::k8s::Kube;
+use crate::mode::{Mode, ModeChoice};
 use crate::output::{self, Event, Failure, Output};
-use crate::reach::{Mode, ModeChoice, Reach, ReachError};
+use crate::reach::{Reach, ReachError};
 use crate::route;
 use crate::runtime::{RuntimeDir, RuntimeError};
 use crate::watch::PodWatch;
@@ -84,7 +85,7 @@ pub fn classify(e: &UpError) -> (u8, &'static str) {
             (exit::KUBERNETES, "kubernetes")
         }
         UpError::Bridge(
-            BridgeError::Forward(ForwardError::Refused { .. }) | BridgeError::NoEpmd { .. },
+            BridgeError::Forward(ForwardError::Refused { .. }) | BridgeError::Nodes(_),
         ) => (exit::NOT_READY, "no_epmd"),
         UpError::Bridge(BridgeError::Forward(
             ForwardError::Listen(_) | ForwardError::Accept { .. },
@@ -148,24 +149,16 @@ async fn reach(
             "pod IP {ip} is already bridged for you by erlbridge pid {pid} (\"{label}\")"
         )));
     }
-    let unrouted: Vec<IpAddr> = pod_ips
-        .iter()
-        .copied()
-        .filter(|ip| route::needs_alias(*ip))
-        .collect();
     let (view, allowed) = match &link {
         Some(Ok(link)) => (
             Ok(link.policy().aliases),
-            link.policy()
-                .allowed_cidrs
-                .iter()
-                .filter_map(|c| c.parse().ok())
-                .collect(),
+            crate::helper::allowed_networks(link.policy()),
         ),
         Some(Err(why)) => (Err(why.as_str()), Vec::new()),
         None => (Err("--mode epmd"), Vec::new()),
     };
-    let decision = route::decide(args.mode, view, &unrouted, &allowed).map_err(ReachError::from)?;
+    let decision = route::decide(args.mode, view, &route::unrouted(pod_ips), &allowed)
+        .map_err(ReachError::from)?;
     Ok(match (decision.mode, link) {
         (Mode::Nat, Some(Ok(link))) => (Reach::nat(dir, link), None),
         // The link, if any, closes here: epmd mode never uses the helper.
@@ -174,13 +167,14 @@ async fn reach(
 }
 
 /// A pod address among `pod_ips` that another session of this user redirects: the address,
-/// the process and its label.
+/// the process and its label. (Root is shown every user's sessions: only its own count.)
 async fn bridged_elsewhere(link: &mut Link, pod_ips: &[IpAddr]) -> Option<(IpAddr, u32, String)> {
     let ours = link.session_id();
+    let uid = nix::unistd::getuid().as_raw();
     let sessions = link.own_sessions().await.ok()?;
     sessions
         .iter()
-        .filter(|s| Some(s.session_id) != ours)
+        .filter(|s| Some(s.session_id) != ours && s.uid == uid)
         .find_map(|s| {
             s.mappings.iter().find_map(|m| {
                 let ip: IpAddr = m.pod_ip.parse().ok()?;
@@ -496,11 +490,15 @@ async fn run_command(args: &UpArgs, env: Vec<(String, String)>) -> u8 {
     let status = tokio::select! {
         status = child.wait() => status,
         signal = stop_signal() => {
-            // Pass the signal on, give CMD a moment to end, then end it.
-            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok())
-                && let Ok(sig) = nix::sys::signal::Signal::try_from(i32::from(signal))
+            // Pass SIGTERM on (a terminal's Ctrl-C reached CMD already, being in its process
+            // group), give CMD a moment to end, then end it.
+            if signal == 15
+                && let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok())
             {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
             match tokio::time::timeout(COMMAND_GRACE, child.wait()).await {
                 Ok(status) => status,

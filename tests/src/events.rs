@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use erlbridge::bridge::BridgedNode;
+pub use erlbridge::mode::Mode;
 pub use erlbridge::output::Event;
-pub use erlbridge::reach::Mode;
 
 use crate::Spawned;
 
@@ -21,6 +21,18 @@ pub struct Ready {
     pub mode: Mode,
     /// The flags local nodes need (epmd mode).
     pub erl_flags: Option<String>,
+}
+
+impl Ready {
+    /// The flags a local node needs (`erl_flags`), as erl arguments; none when there are none.
+    pub fn flags(&self) -> Vec<String> {
+        self.erl_flags
+            .as_deref()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 /// Parses one line of output as an event.

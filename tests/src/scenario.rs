@@ -147,6 +147,29 @@ impl Scenario {
             .is_ok_and(|r| r == format!("{{true,'{node}'}}"))
     }
 
+    /// Asserts that each of `pods` lists exactly the others' nodes as its peers: a visible
+    /// local node the pods could not reach would have made `global` split them.
+    pub fn assert_peers_intact(&self, pods: &[&str], when: &str) {
+        let names: Vec<String> = pods
+            .iter()
+            .map(|p| self.cluster.pod(p).node_name.clone().unwrap_or_default())
+            .collect();
+        for (i, pod) in pods.iter().enumerate() {
+            let mut others: Vec<String> = names
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, n)| n.clone())
+                .collect();
+            others.sort();
+            assert_eq!(
+                self.cluster.pod(pod).nodes().expect("nodes"),
+                others,
+                "{when}: {pod}'s peers"
+            );
+        }
+    }
+
     /// How many mappings the helper's table holds.
     pub fn mappings(&self) -> usize {
         self.ws

@@ -293,13 +293,7 @@ fn pods_without_epmd_with_epmd_elsewhere_with_sidecars_and_on_ipv6() {
     // Without epmd in the no-helper mode too.
     let noepmd = format!("noepmd@{}", s.cluster.pod("noepmd-0").ip());
     let (up, ready) = s.up(&["noepmd-0", "--mode", "epmd"]);
-    let flags: Vec<String> = ready
-        .erl_flags
-        .clone()
-        .expect("flags")
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
+    let flags = ready.flags();
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let call =
         format!("{{net_kernel:connect_node('{noepmd}'), rpc:call('{noepmd}', erlang, node, [])}}");

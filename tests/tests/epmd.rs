@@ -38,13 +38,8 @@ fn node(s: &Scenario, pod: &str) -> String {
 
 /// The epmd module's flags from the ready event, as erl arguments.
 fn flags(ready: &Ready) -> Vec<String> {
-    ready
-        .erl_flags
-        .as_deref()
-        .expect("epmd mode has flags")
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
+    assert!(ready.erl_flags.is_some(), "epmd mode has flags: {ready:?}");
+    ready.flags()
 }
 
 /// The runtime directory (`-pa DIR`) the flags name.
@@ -127,20 +122,7 @@ fn a_pod_and_a_statefulset_are_reached_through_the_epmd_module_alone() {
             "{n} in {result}"
         );
     }
-    for (i, pod) in ["app-0", "app-1", "app-2"].iter().enumerate() {
-        let mut others: Vec<String> = names
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, n)| n.clone())
-            .collect();
-        others.sort();
-        assert_eq!(
-            s.cluster.pod(pod).nodes().expect("nodes"),
-            others,
-            "{pod}'s peers"
-        );
-    }
+    s.assert_peers_intact(&["app-0", "app-1", "app-2"], "while bridged");
 }
 
 #[test]

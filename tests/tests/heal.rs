@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use erlbridge_testbed::events::{self, Event};
-use erlbridge_testbed::{Scenario, Spawned};
+use erlbridge_testbed::{Scenario, Spawned, listening_sockets};
 use nix::sys::signal::Signal;
 
 const COOKIE: &str = "monster";
@@ -122,6 +122,11 @@ env = { RELEASE_NODE = "app@$(POD_IP)", RELEASE_COOKIE = "monster", ERL_DIST_POR
     let mut up = s.up(&["statefulset/app"]).0;
     assert!(s.reaches(COOKIE, &app1));
     assert_eq!(s.mappings(), 4);
+    assert_eq!(
+        listening_sockets(up.pid()),
+        4,
+        "epmd and distribution forwards of two pods"
+    );
 
     // Every watch ends with 410 Gone; app-1 goes with no event a watch could carry.
     s.cluster.emulator.expire_watches(Duration::from_secs(3));
@@ -141,6 +146,11 @@ env = { RELEASE_NODE = "app@$(POD_IP)", RELEASE_COOKIE = "monster", ERL_DIST_POR
         "app-1's rules are gone:\n{table}"
     );
     assert_eq!(s.mappings(), 2, "{table}");
+    assert_eq!(
+        listening_sockets(up.pid()),
+        2,
+        "app-1's forwards are closed"
+    );
     assert!(s.reaches(COOKIE, &app0), "the other pod still answers");
 }
 

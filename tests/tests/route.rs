@@ -137,13 +137,7 @@ fn with_aliases_off_auto_takes_the_epmd_mode_and_nat_stops_with_the_fix() {
         )),
         "{said}"
     );
-    let flags: Vec<String> = ready
-        .erl_flags
-        .clone()
-        .expect("flags")
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
+    let flags = ready.flags();
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let call =
         format!("{{net_kernel:connect_node('{app0}'), rpc:call('{app0}', erlang, node, [])}}");

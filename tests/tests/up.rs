@@ -105,22 +105,7 @@ fn a_statefulset_is_bridged_without_splitting_its_cluster() {
         .iter()
         .map(|p| format!("app@{}", s.cluster.pod(p).ip()))
         .collect();
-    let peers_intact = |when: &str| {
-        for (i, pod) in ["app-0", "app-1", "app-2"].iter().enumerate() {
-            let mut others: Vec<String> = names
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, n)| n.clone())
-                .collect();
-            others.sort();
-            assert_eq!(
-                s.cluster.pod(pod).nodes().expect("nodes"),
-                others,
-                "{when}: {pod}'s peers"
-            );
-        }
-    };
+    let peers_intact = |when: &str| s.assert_peers_intact(&["app-0", "app-1", "app-2"], when);
     peers_intact("before");
     assert_eq!(
         s.local(

@@ -77,6 +77,8 @@ pub struct Epmdless {
     pub port: u16,
     /// Where that came from, for the user ("-erl_epmd_port 9100 in the pod's args").
     pub from: String,
+    /// Whether the user said so (`--dist-port`): then the pod's epmd is not even asked.
+    pub forced: bool,
 }
 
 /// Where a node listens without epmd, if the spec says: `-erl_epmd_port N` on its command line
@@ -86,12 +88,14 @@ pub fn epmdless(words: &[String], lookup: impl Fn(&str) -> Option<String>) -> Op
         return Some(Epmdless {
             port,
             from: format!("-erl_epmd_port {port} in the pod's command line or ERL_FLAGS"),
+            forced: false,
         });
     }
     let port = lookup("ERL_DIST_PORT")?.parse().ok()?;
     Some(Epmdless {
         port,
         from: format!("ERL_DIST_PORT={port} in the pod's environment"),
+        forced: false,
     })
 }
 

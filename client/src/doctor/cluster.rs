@@ -10,10 +10,9 @@ use k8s_openapi::api::authorization::v1::{
 use kube::api::{Api, ListParams, PostParams};
 
 use super::{Check, failed, pass};
-use crate::bridge::ask;
 use crate::discover::{DiscoverError, NodeRules, Target, check_first, watch_config};
-use crate::epmd;
 use crate::k8s::{ClusterOptions, Kube};
+use crate::nodes;
 use crate::output::chain;
 use crate::watch::PodWatch;
 
@@ -218,19 +217,18 @@ async fn target_checks(
     let mut found = Vec::new();
     let mut failures = Vec::new();
     for pod in &ready {
-        match ask(kube, pod, |s| Box::pin(epmd::names(s))).await {
-            Ok(names) if !names.is_empty() => {
+        match nodes::find(kube, pod).await {
+            Ok((names, how)) => {
                 let names: Vec<String> = names
                     .iter()
                     .map(|n| format!("{}@{} on port {}", n.name, pod.host, n.port))
                     .collect();
-                found.push(format!("{}: {}", pod.name, names.join(", ")));
+                let how = match how {
+                    nodes::Found::Epmd => String::new(),
+                    nodes::Found::Spec(from) => format!(" (no epmd: {from})"),
+                };
+                found.push(format!("{}: {}{how}", pod.name, names.join(", ")));
             }
-            Ok(_) => failures.push(format!(
-                "pod {} has no epmd answering on port {}: epmd answers, but no Erlang node is \
-                 registered with it",
-                pod.name, pod.epmd_port
-            )),
             Err(e) => failures.push(chain(&e)),
         }
     }

@@ -3,8 +3,8 @@
 
 use crate::bridge::{BridgedNode, Change, Ready};
 use crate::forward::ForwardError;
+use crate::mode::Mode;
 use crate::output::chain;
-use crate::reach::Mode;
 
 /// The ready report; the cookie goes into the commands only when `show_cookie` says so, and
 /// the local node is called `local`.

@@ -189,19 +189,39 @@ fn the_table() {
 }
 
 #[test]
-fn the_next_retry_is_the_earliest_failure() {
+fn the_next_retry_is_the_earliest_failure_of_a_ready_pod() {
     let now = Instant::now();
     let a0 = pod("app-0", "10.244.1.8", "u0");
     let a1 = pod("app-1", "10.244.1.9", "u1");
+    let a2 = pod("app-2", "10.244.1.10", "u2");
     let soon = now + Duration::from_millis(100);
+    let long_ago = now - Duration::from_secs(60);
     let pods = state(vec![
         (
             "app-0",
             failing(a0.clone(), now + Duration::from_secs(1), false),
         ),
-        ("app-1", failing(a1, soon, false)),
-        ("app-2", bridged(a0, 1)),
+        ("app-1", failing(a1.clone(), soon, false)),
+        // Failed, then turned not ready (a crash loop): not a reason to wake up.
+        ("app-2", failing(a2, long_ago, false)),
+        ("app-3", bridged(a0.clone(), 1)),
+        // Failed, then deleted: the same.
+        ("app-4", failing(a1.clone(), long_ago, false)),
     ]);
-    assert_eq!(next_retry(&pods), Some(soon));
-    assert_eq!(next_retry(&state(vec![("app-0", PodState::Gone)])), None);
+    let seen = snapshot(&[
+        ("app-0", Ok(a0.clone())),
+        ("app-1", Ok(a1.clone())),
+        ("app-2", Err("pod app-2 is Running but not Ready")),
+        ("app-3", Ok(a0)),
+    ]);
+    assert_eq!(next_retry(&seen, &pods), Some(soon));
+    assert_eq!(
+        plan(&seen, &pods, 1, now),
+        vec![Action::Drop("app-4".into())],
+        "the not-ready failure waits"
+    );
+    assert_eq!(
+        next_retry(&seen, &state(vec![("app-0", PodState::Gone)])),
+        None
+    );
 }
