@@ -54,6 +54,26 @@ pub fn eval_argv(name: &str, cookie: &str, expr: &str, extra: &[&str]) -> Vec<St
     argv
 }
 
+/// `erlbridge up`'s arguments after TARGET that run `script` on a hidden local node as `-- CMD`
+/// (the cookie on its command line: tests of the cookie's privacy start their own).
+pub fn command_args(cookie: &str, script: &str) -> Vec<String> {
+    [
+        "--",
+        "erl",
+        "-name",
+        "ci@127.0.0.1",
+        "-hidden",
+        "-setcookie",
+        cookie,
+        "-noshell",
+        "-eval",
+        script,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
 /// An expression that evaluates `expr` on node `node` (through erpc), for [`eval_argv`].
 pub fn on_node(node: &str, expr: &str) -> String {
     format!("erpc:call('{node}', fun() -> {expr} end, 15000)")

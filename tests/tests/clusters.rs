@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use erlbridge_kube_emulator::StartOptions;
-use erlbridge_testbed::Scenario;
 use erlbridge_testbed::events::{self, Event, Mode};
 use erlbridge_testbed::logins::CONTEXT_STAGING;
+use erlbridge_testbed::{Scenario, erlang};
 
 const COOKIE: &str = "monster";
 const MANIFEST: &str = r#"
@@ -47,20 +47,19 @@ fn up_with_env(s: &Scenario, env: &[&str], args: &[&str]) -> (i32, String, Strin
 const REACH: &str = "N = list_to_atom(os:getenv(\"ERLBRIDGE_NODE\")), \
     true = net_kernel:connect_node(N), N = rpc:call(N, erlang, node, []), halt(0).";
 
-fn reach_cmd() -> Vec<&'static str> {
-    vec![
-        "--",
-        "erl",
-        "-name",
-        "ci@127.0.0.1",
-        "-hidden",
-        "-setcookie",
-        COOKIE,
-        "-noshell",
-        "-eval",
-        REACH,
-    ]
-}
+/// `-- CMD` that reaches the bridged node (as `erlang::command_args` builds it).
+const REACH_CMD: [&str; 10] = [
+    "--",
+    "erl",
+    "-name",
+    "ci@127.0.0.1",
+    "-hidden",
+    "-setcookie",
+    COOKIE,
+    "-noshell",
+    "-eval",
+    REACH,
+];
 
 #[test]
 fn exec_plugin_and_certificate_logins_keep_working_past_their_token() {
@@ -98,7 +97,7 @@ fn exec_plugin_and_certificate_logins_keep_working_past_their_token() {
     let mut args = vec!["app-0", "--kubeconfig"];
     let kc = kc.display().to_string();
     args.push(&kc);
-    args.extend(reach_cmd());
+    args.extend(REACH_CMD);
     let (code, out, err) = s.run(&s.user, "up", &args);
     assert_eq!(code, 0, "{out}{err}");
 }
@@ -115,18 +114,18 @@ fn contexts_and_several_kubeconfig_files_resolve_as_kubectls() {
     let whole = contexts.whole.display().to_string();
     // --context in one file with several: its namespace is staging.
     let mut args = vec!["db-0", "--kubeconfig", &whole, "--context", CONTEXT_STAGING];
-    args.extend(reach_cmd());
+    args.extend(REACH_CMD);
     let (code, out, err) = up_with_env(&s, &[], &args);
     assert_eq!(code, 0, "{out}{err}");
     // KUBECONFIG naming several files, merged: the first file's current context, then
     // --context from another file.
     let env = format!("KUBECONFIG={}", contexts.kubeconfig_env());
     let mut args = vec!["app-0"];
-    args.extend(reach_cmd());
+    args.extend(REACH_CMD);
     let (code, out, err) = up_with_env(&s, &[&env], &args);
     assert_eq!(code, 0, "{out}{err}");
     let mut args = vec!["db-0", "--context", CONTEXT_STAGING];
-    args.extend(reach_cmd());
+    args.extend(REACH_CMD);
     let (code, out, err) = up_with_env(&s, &[&env], &args);
     assert_eq!(code, 0, "{out}{err}");
     // A context that is not there: said plainly.
@@ -208,7 +207,7 @@ fn proxies_from_the_kubeconfig_or_the_environment_and_no_proxy() {
     assert_eq!(code, 5, "the control: no direct path: {err}");
     let kc = proxied.kubeconfig.display().to_string();
     let mut args = vec!["app-0", "--kubeconfig", &kc];
-    args.extend(reach_cmd());
+    args.extend(REACH_CMD);
     let (code, out, err) = s.run(&s.user, "up", &args);
     assert_eq!(code, 0, "proxy-url: {out}{err}");
     let tunnels = proxied.proxy.tunnels();
@@ -221,7 +220,7 @@ fn proxies_from_the_kubeconfig_or_the_environment_and_no_proxy() {
     let direct = s.cluster.kubeconfig.display().to_string();
     let proxy = format!("HTTPS_PROXY={}", proxied.url());
     let mut args = vec!["app-0", "--kubeconfig", &direct];
-    args.extend(reach_cmd());
+    args.extend(REACH_CMD);
     let (code, out, err) = up_with_env(&s, &[&proxy], &args);
     assert_eq!(code, 0, "HTTPS_PROXY: {out}{err}");
     // NO_PROXY naming the API server: erlbridge goes direct, where packets are dropped.
@@ -324,23 +323,10 @@ fn pods_without_epmd_with_epmd_elsewhere_with_sidecars_and_on_ipv6() {
     let script = format!(
         "true = net_kernel:connect_node('{v6}'), io:format(\"~s~n\", [os:getenv(\"ERL_AFLAGS\")]), halt(0)."
     );
-    let (code, out, err) = s.run(
-        &s.user,
-        "up",
-        &[
-            "v6-0",
-            "--",
-            "erl",
-            "-name",
-            "ci@127.0.0.1",
-            "-hidden",
-            "-setcookie",
-            COOKIE,
-            "-noshell",
-            "-eval",
-            &script,
-        ],
-    );
+    let mut args = vec!["v6-0".to_owned()];
+    args.extend(erlang::command_args(COOKIE, &script));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = s.run(&s.user, "up", &args);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("-proto_dist inet6_tcp"), "{out}");
     s.wait_no_mappings(Duration::from_secs(2));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use erlbridge_kube_emulator::PodDesc;
 use erlbridge_testbed::events::{self, BridgedNode, Event};
-use erlbridge_testbed::{Helperd, Scenario, User};
+use erlbridge_testbed::{Helperd, Scenario, User, erlang};
 use nix::sys::signal::Signal;
 
 const COOKIE: &str = "monster";
@@ -244,23 +244,10 @@ fn a_command_runs_against_the_pod_and_its_exit_code_is_erlbridges() {
     assert_eq!(control, "false", "the control");
     for code in [0, 3] {
         let script = script(code);
-        let (status, out, err) = s.run(
-            &s.user,
-            "up",
-            &[
-                "app-0",
-                "--",
-                "erl",
-                "-name",
-                "ci@127.0.0.1",
-                "-hidden",
-                "-setcookie",
-                COOKIE,
-                "-noshell",
-                "-eval",
-                &script,
-            ],
-        );
+        let mut args = vec!["app-0".to_owned()];
+        args.extend(erlang::command_args(COOKIE, &script));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, out, err) = s.run(&s.user, "up", &args);
         assert_eq!(status, i32::from(code), "{out}{err}");
         assert!(out.contains(&format!("answer '{node}'")), "{out}{err}");
         assert!(
