@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use crate::discover::{EPMD_PORT, PodInfo, not_ready};
+use crate::discover::{EPMD_PORT, PodInfo, Snapshot, not_ready};
 use crate::epmd;
 use crate::forward::{self, Forward, ForwardError};
 use crate::k8s::Kube;
@@ -193,24 +193,24 @@ pub struct Bridge {
         UnboundedSender<forward::Failed>,
         UnboundedReceiver<forward::Failed>,
     ),
-    skipped: Vec<String>,
+    /// The store as the last plan saw it.
+    snapshot: Snapshot,
 }
 
 impl Bridge {
     /// Bridges every ready pod of the watch's first snapshot; returns once each is reachable.
     /// A pod that cannot be bridged fails the whole bridge, which then leaves nothing behind.
     pub async fn up(kube: Kube, watch: PodWatch, reach: Reach) -> Result<Bridge, BridgeError> {
-        let snapshot = watch.snapshot();
         let mut bridge = Bridge {
             pods: BTreeMap::new(),
-            skipped: not_ready(&snapshot),
+            snapshot: watch.snapshot(),
             watch,
             reach,
             kube,
             failures: unbounded_channel(),
         };
         let generation = bridge.reach.generation();
-        for action in plan(&snapshot, &bridge.pods, generation, Instant::now()) {
+        for action in plan(&bridge.snapshot, &bridge.pods, generation, Instant::now()) {
             if let Action::Bridge(info) = action {
                 let held = bridge.attach(&info).await?;
                 bridge.pods.insert(
@@ -241,7 +241,7 @@ impl Bridge {
             nodes,
             inetrc: self.reach.inetrc(),
             erl_flags: self.reach.erl_flags(ipv6),
-            skipped: self.skipped.clone(),
+            skipped: not_ready(&self.snapshot),
         }
     }
 
@@ -268,7 +268,7 @@ impl Bridge {
         let mut helper_back_at: Option<Instant> = None;
         let mut helper_delay = Duration::from_millis(100);
         loop {
-            let retry_at = next_retry(&self.watch.snapshot(), &self.pods);
+            let retry_at = next_retry(&self.snapshot, &self.pods);
             let mut restored = false;
             tokio::select! {
                 changed = self.watch.changed() => if !changed {
@@ -315,10 +315,9 @@ impl Bridge {
 
     /// Plans against the current snapshot and carries the plan out.
     async fn reconcile(&mut self) -> Vec<Change> {
-        let snapshot = self.watch.snapshot();
-        self.skipped = not_ready(&snapshot);
+        self.snapshot = self.watch.snapshot();
         let actions = plan(
-            &snapshot,
+            &self.snapshot,
             &self.pods,
             self.reach.generation(),
             Instant::now(),

@@ -374,9 +374,8 @@ pub fn change_event(change: &Change) -> Event {
 mod tests {
     use super::*;
 
-    #[test]
-    fn events_keep_the_fields_scripts_read() {
-        let node = BridgedNode {
+    fn sample_node() -> BridgedNode {
+        BridgedNode {
             node: "app@10.244.1.8".into(),
             pod: "app-0".into(),
             namespace: "default".into(),
@@ -385,7 +384,12 @@ mod tests {
             dist_port: 9100,
             alias: false,
             found: "epmd".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn events_keep_the_fields_scripts_read() {
+        let node = sample_node();
         let ready = Event::Ready {
             nodes: vec![node.clone()],
             inetrc: None,
@@ -421,16 +425,7 @@ mod tests {
 
     #[test]
     fn every_event_keeps_its_fields() {
-        let node = BridgedNode {
-            node: "app@10.244.1.8".into(),
-            pod: "app-0".into(),
-            namespace: "default".into(),
-            ip: "10.244.1.8".parse().unwrap(),
-            epmd_port: 4369,
-            dist_port: 9100,
-            alias: false,
-            found: "epmd".into(),
-        };
+        let node = sample_node();
         let n = r#"{"node":"app@10.244.1.8","pod":"app-0","namespace":"default","ip":"10.244.1.8","epmd_port":4369,"dist_port":9100,"alias":false,"found":"epmd"}"#;
         let cases = [
             (

@@ -301,6 +301,7 @@ fn auto_picks_nat_with_the_helper_and_epmd_never_asks_it() {
 #[test]
 fn kill_9_leaves_a_runtime_directory_the_next_start_removes_and_bad_input_is_clear() {
     let s = Scenario::start_without_helper(MANIFEST, 61074);
+    assert!(!s.reaches(COOKIE, &node(&s, "app-0")), "the control");
     let (up, first) = s.up(&["app-0"]);
     let dir = runtime_dir(&first);
     assert!(dir.join("erlbridge_epmd.beam").exists() && dir.join("nodes.eterm").exists());

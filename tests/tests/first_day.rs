@@ -284,6 +284,7 @@ fn the_cookie_stays_out_of_ps_for_a_command_that_sets_it_itself() {
 #[test]
 fn a_group_the_login_predates_gets_its_own_advice() {
     let s = Scenario::start(MANIFEST, 61125);
+    assert!(!s.reaches(COOKIE, &node(&s, "app-0")), "the control");
     // The group database (in a private mount namespace) lists the user in the access group;
     // the process runs without it, as a login from before `usermod -aG` does.
     let etc = s.ws.scratch().join("etc");
