@@ -84,7 +84,7 @@ fn a_secrets_cookie_reaches_the_command_and_never_the_output() {
     let meta = std::fs::metadata(&cookie_file).expect("cookie file");
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(std::fs::read_to_string(&cookie_file).expect("read"), COOKIE);
-    assert_eq!(s.mappings(), 0);
+    s.wait_no_mappings(Duration::from_secs(5));
 
     // Text mode shows it only when asked.
     let (_, _, shown) = s.run(
