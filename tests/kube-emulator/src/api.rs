@@ -58,6 +58,44 @@ impl StartOptions {
     }
 }
 
+/// One request as the API server received it, in arrival order: what tests count (how many
+/// port-forwards a connection cost, how many requests a start spent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// The HTTP method.
+    pub method: String,
+    /// The path, under the path prefix if there is one.
+    pub path: String,
+    /// The query string, if any.
+    pub query: Option<String>,
+}
+
+impl Logged {
+    /// Whether this asked for a port-forward (`pods/NAME/portforward`).
+    pub fn is_port_forward(&self) -> bool {
+        self.path.ends_with("/portforward")
+    }
+
+    /// Whether this started a watch (`?watch=true`, or `watch=1`).
+    pub fn is_watch(&self) -> bool {
+        self.query
+            .as_deref()
+            .unwrap_or_default()
+            .split('&')
+            .any(|pair| matches!(pair, "watch=true" | "watch=1"))
+    }
+}
+
+/// The TLS connections the API server accepted: how many, and how many of them resumed an
+/// earlier session (an abbreviated handshake).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Handshakes {
+    /// Every completed TLS handshake.
+    pub total: usize,
+    /// Those that resumed a session.
+    pub resumed: usize,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
     fail: Option<(Instant, u16)>,
@@ -72,6 +110,8 @@ pub(crate) struct Inner {
     pub(crate) faults: Mutex<Faults>,
     pub(crate) forwards: watch::Sender<u64>,
     pub(crate) live_forwards: AtomicUsize,
+    requests: Mutex<Vec<Logged>>,
+    handshakes: Mutex<Handshakes>,
     pub(crate) expiry: watch::Sender<u64>,
     pub(crate) access_reviews: Mutex<AccessReviews>,
     pki: Pki,
@@ -113,6 +153,8 @@ impl Emulator {
                 faults: Mutex::new(Faults::default()),
                 forwards: watch::channel(0).0,
                 live_forwards: AtomicUsize::new(0),
+                requests: Mutex::new(Vec::new()),
+                handshakes: Mutex::new(Handshakes::default()),
                 expiry: watch::channel(0).0,
                 access_reviews: Mutex::new(AccessReviews::default()),
                 pki: Pki::generate(addr)?,
@@ -329,6 +371,24 @@ impl Emulator {
     pub fn live_forwards(&self) -> usize {
         self.inner.live_forwards.load(Ordering::Relaxed)
     }
+
+    /// Every request received so far, in order (failed and refused ones included).
+    pub fn requests(&self) -> Vec<Logged> {
+        lock(&self.inner.requests).clone()
+    }
+
+    /// How many port-forwards were asked for so far.
+    pub fn port_forwards(&self) -> usize {
+        lock(&self.inner.requests)
+            .iter()
+            .filter(|r| r.is_port_forward())
+            .count()
+    }
+
+    /// The TLS handshakes completed so far.
+    pub fn handshakes(&self) -> Handshakes {
+        *lock(&self.inner.handshakes)
+    }
 }
 
 async fn serve(listener: tokio::net::TcpListener, emulator: Emulator) {
@@ -348,6 +408,13 @@ async fn serve(listener: tokio::net::TcpListener, emulator: Emulator) {
                     return;
                 }
             };
+            {
+                let mut handshakes = lock(&emulator.inner.handshakes);
+                handshakes.total += 1;
+                if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    handshakes.resumed += 1;
+                }
+            }
             // The acceptor verified it against the CA already; the gate looks up its user.
             let cert = PeerCertificate(
                 tls.get_ref()
@@ -359,6 +426,11 @@ async fn serve(listener: tokio::net::TcpListener, emulator: Emulator) {
             let service = tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(cert.clone());
                 let (router, emulator) = (router.clone(), emulator.clone());
+                lock(&emulator.inner.requests).push(Logged {
+                    method: req.method().to_string(),
+                    path: req.uri().path().to_owned(),
+                    query: req.uri().query().map(str::to_owned),
+                });
                 async move {
                     match strip_prefix(&emulator.inner.path_prefix, req.uri()) {
                         Some(uri) => {

@@ -20,7 +20,8 @@
 //! ([`store`]) and can break things on purpose ([`Emulator::fail_requests`],
 //! [`Emulator::stall_requests`], [`Emulator::drop_forwards`], [`Emulator::revoke_token`],
 //! [`Emulator::expire_watches`], [`Emulator::delete_pod_silently`],
-//! [`Emulator::set_access_reviews`]).
+//! [`Emulator::set_access_reviews`]), and keeps a log of what it was asked
+//! ([`Emulator::requests`], [`Emulator::handshakes`]).
 
 pub mod api;
 pub mod auth;
@@ -38,7 +39,7 @@ pub mod tls;
 pub mod watch;
 pub mod workloads;
 
-pub use api::{Access, AccessReviews, Emulator, StartOptions};
+pub use api::{Access, AccessReviews, Emulator, Handshakes, Logged, StartOptions};
 pub use proxy::ConnectProxy;
 pub use store::{
     ContainerDesc, IpFamily, PodDesc, SecretDesc, SelectorExpression, WorkloadDesc, WorkloadKind,
