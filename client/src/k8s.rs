@@ -281,6 +281,12 @@ pub enum K8sError {
     /// The context or cluster entry is unusable.
     #[error("cannot use the kubeconfig's context: {0}")]
     Context(String),
+    /// KUBECONFIG lists files, and none of them exists.
+    #[error(
+        "none of the files KUBECONFIG lists exists ({}); fix KUBECONFIG or pass --kubeconfig FILE",
+        .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NoneListed(Vec<PathBuf>),
     /// The configuration names a proxy erlbridge cannot use.
     #[error(
         "the proxy {url} (the kubeconfig's proxy-url, or HTTPS_PROXY) is not an http:// proxy; \
@@ -309,6 +315,60 @@ fn kubeconfig_reason(e: &kube::config::KubeconfigError, with_path: bool) -> Stri
     }
 }
 
+/// The environment variable listing kubeconfig files.
+pub const ENV_KUBECONFIG: &str = "KUBECONFIG";
+
+/// What `KUBECONFIG` lists.
+#[derive(Debug)]
+pub enum Listed {
+    /// The files that exist, merged.
+    Merged(Kubeconfig),
+    /// None of the files exists (they are named).
+    None(Vec<PathBuf>),
+}
+
+/// The files `KUBECONFIG` lists, merged as kubectl merges them: in order, the first file to set
+/// a value or a named entry wins; a file that does not exist is skipped, one that exists but
+/// cannot be read or parsed is an error that names it. `None` when KUBECONFIG is unset or
+/// empty.
+pub fn from_env() -> Result<Option<Listed>, K8sError> {
+    match std::env::var_os(ENV_KUBECONFIG) {
+        Some(value) => listed(&value),
+        None => Ok(None),
+    }
+}
+
+/// The files of a `KUBECONFIG` value (`a:b:c`), merged ([`from_env`]).
+pub fn listed(value: &std::ffi::OsStr) -> Result<Option<Listed>, K8sError> {
+    let paths: Vec<PathBuf> = std::env::split_paths(value)
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let mut merged: Option<Kubeconfig> = None;
+    for path in &paths {
+        if matches!(std::fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        {
+            tracing::debug!(path = %path.display(), "KUBECONFIG lists a file that does not exist; skipped");
+            continue;
+        }
+        let invalid = |e: kube::config::KubeconfigError| K8sError::Kubeconfig {
+            path: path.clone(),
+            reason: kubeconfig_reason(&e, false),
+        };
+        let next = Kubeconfig::read_from(path).map_err(invalid)?;
+        merged = Some(match merged {
+            Some(so_far) => so_far.merge(next).map_err(invalid)?,
+            None => next,
+        });
+    }
+    Ok(Some(match merged {
+        Some(kubeconfig) => Listed::Merged(kubeconfig),
+        None => Listed::None(paths),
+    }))
+}
+
 /// A Kubernetes client, as the options say.
 pub async fn connect(opts: &ClusterOptions) -> Result<Kube, K8sError> {
     // Two TLS providers may be compiled in (kube's and ours); pick one, once.
@@ -317,8 +377,8 @@ pub async fn connect(opts: &ClusterOptions) -> Result<Kube, K8sError> {
         context: opts.context.clone(),
         ..KubeConfigOptions::default()
     };
-    let mut config = match &opts.kubeconfig {
-        Some(path) => {
+    let mut config = match (&opts.kubeconfig, from_env()?) {
+        (Some(path), _) => {
             let kubeconfig = Kubeconfig::read_from(path).map_err(|e| K8sError::Kubeconfig {
                 path: path.clone(),
                 reason: kubeconfig_reason(&e, false),
@@ -330,10 +390,21 @@ pub async fn connect(opts: &ClusterOptions) -> Result<Kube, K8sError> {
                     reason: kubeconfig_reason(&e, false),
                 })?
         }
-        None if opts.context.is_some() => kube::Config::from_kubeconfig(&kc_opts)
+        (None, Some(Listed::Merged(kubeconfig))) => {
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kc_opts)
+                .await
+                .map_err(|e| K8sError::Context(kubeconfig_reason(&e, true)))?
+        }
+        // KUBECONFIG names only files that do not exist: no kubeconfig at all, as for kubectl;
+        // in a pod, the service account still applies.
+        (None, Some(Listed::None(missing))) => match (&opts.context, kube::Config::incluster()) {
+            (None, Ok(config)) => config,
+            (_, _) => return Err(K8sError::NoneListed(missing)),
+        },
+        (None, None) if opts.context.is_some() => kube::Config::from_kubeconfig(&kc_opts)
             .await
             .map_err(|e| K8sError::Context(kubeconfig_reason(&e, true)))?,
-        None => kube::Config::infer().await.map_err(|e| {
+        (None, None) => kube::Config::infer().await.map_err(|e| {
             use std::error::Error as _;
             K8sError::Infer(
                 e.source()
@@ -465,6 +536,53 @@ mod tests {
             .await
             .expect("the client's own timeout ends the request, not this one");
         assert!(answer.is_err());
+    }
+
+    #[test]
+    fn kubeconfig_lists_merge_as_kubectls_and_skip_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, context: &str, server: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(
+                &path,
+                format!(
+                    r#"{{"apiVersion": "v1", "kind": "Config",
+                  "clusters": [{{"name": "{context}", "cluster": {{"server": "{server}"}}}}],
+                  "users": [{{"name": "{context}", "user": {{"token": "t"}}}}],
+                  "contexts": [{{"name": "{context}", "context": {{"cluster": "{context}", "user": "{context}"}}}}],
+                  "current-context": "{context}"}}"#
+                ),
+            )
+            .unwrap();
+            path
+        };
+        let a = write("a.kc", "a", "https://10.0.0.1:6443");
+        let b = write("b.kc", "b", "https://10.0.0.2:6443");
+        let missing = dir.path().join("missing.kc");
+        let join = |paths: &[&std::path::Path]| std::env::join_paths(paths).unwrap();
+
+        let Some(Listed::Merged(merged)) = listed(&join(&[&missing, &a, &b])).unwrap() else {
+            panic!("merged");
+        };
+        assert_eq!(
+            merged.current_context.as_deref(),
+            Some("a"),
+            "the first file wins"
+        );
+        let contexts: Vec<&str> = merged.contexts.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(contexts, ["a", "b"]);
+
+        assert!(matches!(
+            listed(&join(&[&missing])).unwrap(),
+            Some(Listed::None(paths)) if paths == [missing.clone()]
+        ));
+        assert!(listed(std::ffi::OsStr::new("")).unwrap().is_none());
+
+        // A file that exists but is no kubeconfig is an error that names it.
+        let bad = dir.path().join("bad.kc");
+        std::fs::write(&bad, "clusters: [oops").unwrap();
+        let e = listed(&join(&[&a, &bad])).unwrap_err().to_string();
+        assert!(e.contains(&bad.display().to_string()), "{e}");
     }
 
     #[test]

@@ -132,6 +132,40 @@ fn contexts_and_several_kubeconfig_files_resolve_as_kubectls() {
     let (code, _, err) = up_with_env(&s, &[&env], &["app-0", "--context", "nope"]);
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("nope"), "{err}");
+
+    // A listed file that does not exist is skipped, as kubectl skips it; the rest merge the
+    // same way.
+    let missing = s.ws.scratch().join("no-such.kc").display().to_string();
+    let env = format!("KUBECONFIG={missing}:{}", contexts.kubeconfig_env());
+    for target in [
+        ["app-0"].as_slice(),
+        &["db-0", "--context", CONTEXT_STAGING],
+    ] {
+        let mut args = target.to_vec();
+        args.extend(REACH_CMD);
+        let (code, out, err) = up_with_env(&s, &[&env], &args);
+        assert_eq!(code, 0, "{target:?}: {out}{err}");
+    }
+    // One that exists but is no kubeconfig is an error that names it; none at all, too.
+    let broken = s
+        .cluster
+        .write_file("broken.kc", "clusters: [")
+        .expect("write");
+    let env = format!(
+        "KUBECONFIG={}:{}",
+        broken.display(),
+        contexts.kubeconfig_env()
+    );
+    let (code, _, err) = up_with_env(&s, &[&env], &["app-0"]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains(&broken.display().to_string()), "{err}");
+    let env = format!("KUBECONFIG={missing}");
+    let (code, _, err) = up_with_env(&s, &[&env], &["app-0"]);
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.contains("none of the files KUBECONFIG lists exists"),
+        "{err}"
+    );
 }
 
 #[test]
