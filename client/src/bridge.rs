@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,7 @@ use crate::forward::{self, Forward, ForwardError};
 use crate::k8s::Kube;
 use crate::mode::Mode;
 use crate::nodes::{self, Found, NodesError};
+use crate::owner::{OwnerOnly, Refused};
 use crate::reach::{Reach, ReachError, Route};
 use crate::reconcile::{Action, PodState, next_retry, plan};
 use crate::watch::PodWatch;
@@ -161,6 +163,8 @@ pub enum Change {
     },
     /// A connection to a bridged pod could not be forwarded, or a listener cannot accept.
     ConnectionFailed(forward::Failed),
+    /// A listener refused a connection that is not this user's (said once per uid).
+    ConnectionRefused(Refused),
     /// The helper went away; redirects are gone until it is back.
     HelperLost,
     /// The helper is back and every redirect restored.
@@ -193,6 +197,9 @@ pub struct Bridge {
         UnboundedSender<forward::Failed>,
         UnboundedReceiver<forward::Failed>,
     ),
+    /// Who the listeners serve (this user), and the connections they refused, once per uid.
+    admit: Arc<OwnerOnly>,
+    refused: UnboundedReceiver<Refused>,
     /// The store as the last plan saw it.
     snapshot: Snapshot,
 }
@@ -201,6 +208,7 @@ impl Bridge {
     /// Bridges every ready pod of the watch's first snapshot; returns once each is reachable.
     /// A pod that cannot be bridged fails the whole bridge, which then leaves nothing behind.
     pub async fn up(kube: Kube, watch: PodWatch, reach: Reach) -> Result<Bridge, BridgeError> {
+        let (report, refused) = unbounded_channel();
         let mut bridge = Bridge {
             pods: BTreeMap::new(),
             snapshot: watch.snapshot(),
@@ -208,6 +216,8 @@ impl Bridge {
             reach,
             kube,
             failures: unbounded_channel(),
+            admit: OwnerOnly::new(report),
+            refused,
         };
         let generation = bridge.reach.generation();
         for action in plan(&bridge.snapshot, &bridge.pods, generation, Instant::now()) {
@@ -245,9 +255,10 @@ impl Bridge {
         }
     }
 
-    /// The private runtime directory (for files local nodes read).
-    pub fn runtime_dir(&self) -> &std::path::Path {
-        self.reach.dir()
+    /// The private runtime directory (for files local nodes read), made now if no file
+    /// needed it yet.
+    pub fn runtime_dir(&mut self) -> Result<&std::path::Path, crate::runtime::RuntimeError> {
+        Ok(self.reach.dir()?.path())
     }
 
     /// Every bridged node, by pod name.
@@ -294,6 +305,10 @@ impl Bridge {
                             continue;
                         }
                     }
+                }
+                Some(refused) = self.refused.recv() => {
+                    report(Change::ConnectionRefused(refused));
+                    continue;
                 }
                 Some(failed) = self.failures.1.recv() => {
                     // Only for pods still bridged: a connection to a pod that is gone is moot.
@@ -454,17 +469,27 @@ impl Bridge {
                     Want::Forward(pod_port) => Listener::Forward(
                         forward::listen(
                             self.kube.clone(),
-                            pod.name.clone(),
-                            pod_port,
+                            forward::Target {
+                                pod: pod.name.clone(),
+                                port: pod_port,
+                                redirected: addr,
+                            },
                             loopback,
                             self.failures.0.clone(),
+                            self.admit.clone(),
                         )
                         .await?,
                     ),
                     Want::Responder(known) => Listener::Epmd(
-                        epmd::Responder::start(loopback, known)
-                            .await
-                            .map_err(ForwardError::Listen)?,
+                        epmd::Responder::start(
+                            loopback,
+                            known,
+                            &pod.name,
+                            addr,
+                            self.admit.clone(),
+                        )
+                        .await
+                        .map_err(ForwardError::Listen)?,
                     ),
                 };
                 self.reach.map(addr, listener.port()).await?;

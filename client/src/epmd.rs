@@ -128,8 +128,8 @@ pub struct Known {
 
 /// A local stand-in for the epmd a pod does not run: answers PORT_PLEASE2 and NAMES for the
 /// nodes it knows, so a local node that asks "where is app@10.244.1.8" (through the helper's
-/// redirect of the pod's epmd port) learns the node's fixed distribution port. Stops when
-/// dropped.
+/// redirect of the pod's epmd port) learns the node's fixed distribution port. Serves only the
+/// connections `admit` lets in (this user's). Stops when dropped.
 #[derive(Debug)]
 pub struct Responder {
     /// Where it listens.
@@ -144,16 +144,34 @@ impl Drop for Responder {
 }
 
 impl Responder {
-    /// Listens on an ephemeral port of `ip` (a loopback address) and answers for `nodes`.
-    pub async fn start(ip: std::net::IpAddr, nodes: Vec<Known>) -> std::io::Result<Responder> {
+    /// Listens on an ephemeral port of `ip` (a loopback address) and answers for `nodes` of
+    /// `pod`, whose epmd address (`podIP:port`) a redirect of this user's sends here.
+    pub async fn start(
+        ip: std::net::IpAddr,
+        nodes: Vec<Known>,
+        pod: &str,
+        addr: std::net::SocketAddr,
+        admit: std::sync::Arc<dyn crate::owner::Admit>,
+    ) -> std::io::Result<Responder> {
         let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
         let local = listener.local_addr()?;
-        let nodes = std::sync::Arc::new(nodes);
+        let gate = crate::owner::Listener {
+            local,
+            pod: addr,
+            serves: format!(
+                "pod {pod} port {} (erlbridge answers for its epmd)",
+                addr.port()
+            ),
+        };
+        let shared = std::sync::Arc::new((nodes, gate));
         let task = tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let nodes = nodes.clone();
+            while let Ok((mut conn, peer)) = listener.accept().await {
+                let (shared, admit) = (shared.clone(), admit.clone());
                 tokio::spawn(async move {
-                    let _ = answer(&mut conn, &nodes, local.port()).await;
+                    let (nodes, gate) = &*shared;
+                    if admit.admit(peer, gate) {
+                        let _ = answer(&mut conn, nodes, local.port()).await;
+                    }
                 });
             }
         });
@@ -302,9 +320,16 @@ mod tests {
             port: 9100,
             version: 6,
         }];
-        let responder = Responder::start("127.0.0.1".parse().unwrap(), known)
-            .await
-            .unwrap();
+        let (tx, _refused) = tokio::sync::mpsc::unbounded_channel();
+        let responder = Responder::start(
+            "127.0.0.1".parse().unwrap(),
+            known,
+            "app-0",
+            "10.244.1.8:4369".parse().unwrap(),
+            crate::owner::OwnerOnly::new(tx),
+        )
+        .await
+        .unwrap();
         let ask = |alive: &'static str| async move {
             let mut conn = tokio::net::TcpStream::connect(responder.local)
                 .await

@@ -1,9 +1,11 @@
 //! Port-forwarding through the Kubernetes API: per (pod, port) a local listener on an
-//! ephemeral 127.0.0.1 port; each accepted connection gets its own port-forward stream (one
-//! WebSocket each, as kube-rs opens them). Accepted sockets get TCP_NODELAY, like the API
-//! connection itself (see `k8s`).
+//! ephemeral 127.0.0.1 port; each accepted connection that the listener's admission lets in
+//! (this user's own: [`crate::owner`]) gets its own port-forward stream (one WebSocket each, as
+//! kube-rs opens them); any other is closed before anything is asked of the API server.
+//! Accepted sockets get TCP_NODELAY, like the API connection itself (see `k8s`).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt as _;
@@ -13,6 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::debug;
 
 use crate::k8s::{ApiError, Kube};
+use crate::owner::{self, Admit};
 
 /// Waits before each new try to open a port-forward for one connection; the API server may be
 /// failing or stalled for a while (a restart, an overloaded control plane).
@@ -156,19 +159,42 @@ pub async fn open_with_retries(kube: &Kube, pod: &str, port: u16) -> Result<Open
     }
 }
 
-/// Listens on an ephemeral port of `loopback` and forwards each connection to `pod`:`port`;
-/// connections that cannot be forwarded after every retry are reported on `failures`.
+/// What a forward forwards to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The pod.
+    pub pod: String,
+    /// The pod's port.
+    pub port: u16,
+    /// The pod address (`podIP:port`) a redirect of this user's sends here, in nat mode: a
+    /// connection it brings still names that address as its destination.
+    pub redirected: SocketAddr,
+}
+
+/// Listens on an ephemeral port of `loopback` and forwards each connection `admit` lets in to
+/// the target pod's port; connections that cannot be forwarded after every retry are reported
+/// on `failures`.
 pub async fn listen(
     kube: Kube,
-    pod: String,
-    port: u16,
+    target: Target,
     loopback: IpAddr,
     failures: UnboundedSender<Failed>,
+    admit: Arc<dyn Admit>,
 ) -> Result<Forward, ForwardError> {
+    let Target {
+        pod,
+        port,
+        redirected,
+    } = target;
     let listener = TcpListener::bind((loopback, 0))
         .await
         .map_err(ForwardError::Listen)?;
     let local = listener.local_addr().map_err(ForwardError::Listen)?;
+    let gate = Arc::new(owner::Listener {
+        local,
+        pod: redirected,
+        serves: format!("pod {pod} port {port}"),
+    });
     let task = tokio::spawn(async move {
         let mut backoff: Option<Duration> = None;
         loop {
@@ -209,7 +235,12 @@ pub async fn listen(
                 debug!(%pod, port, "accepting again");
             }
             let (kube, pod, failures) = (kube.clone(), pod.clone(), failures.clone());
+            let (admit, gate) = (admit.clone(), gate.clone());
             tokio::spawn(async move {
+                if !admit.admit(peer, &gate) {
+                    // Closed at once: not this user's connection.
+                    return;
+                }
                 if let Err(error) = relay(conn, &kube, &pod, port).await {
                     debug!(%pod, port, %peer, error = %error, "a forwarded connection failed");
                     let _ = failures.send(Failed { pod, port, error });

@@ -24,6 +24,7 @@ pub mod k8s;
 pub mod mode;
 pub mod nodes;
 pub mod output;
+pub mod owner;
 pub mod reach;
 pub mod reconcile;
 pub mod remsh;

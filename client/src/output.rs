@@ -67,6 +67,18 @@ pub enum Event {
         /// Why.
         message: String,
     },
+    /// A listener of the bridge refused a connection that is not this user's; said once per
+    /// uid (once for connections whose owner could not be found).
+    ConnectionRefused {
+        /// The owner of the connecting socket; null when it could not be found.
+        uid: Option<u32>,
+        /// The listener (`127.0.0.1:40123`).
+        listener: String,
+        /// What it serves (`pod app-0 port 4369`).
+        serves: String,
+        /// What happened, in a sentence.
+        message: String,
+    },
     /// erlbridge-helperd went away; redirects are off until it is back.
     HelperLost,
     /// erlbridge-helperd is back and every redirect restored.
@@ -325,11 +337,15 @@ pub fn warn(output: Output, message: &str) {
     }
 }
 
-/// Reports a change the bridge made while up.
+/// Reports a change the bridge made while up; in text mode a refused connection is a warning
+/// on stderr, like every warning.
 pub fn change(output: Output, change: &Change) {
-    match output {
-        Output::Json => emit(&change_event(change)),
-        Output::Text => say(&text::change(change)),
+    match (output, change) {
+        (Output::Json, _) => emit(&change_event(change)),
+        (Output::Text, Change::ConnectionRefused(refused)) => {
+            warn(output, &text::refused(refused));
+        }
+        (Output::Text, _) => say(&text::change(change)),
     }
 }
 
@@ -364,6 +380,12 @@ pub fn change_event(change: &Change) -> Event {
                     chain(error)
                 ),
             },
+        },
+        Change::ConnectionRefused(refused) => Event::ConnectionRefused {
+            uid: refused.uid,
+            listener: refused.listener.local.to_string(),
+            serves: refused.listener.serves.clone(),
+            message: text::refused(refused),
         },
         Change::HelperLost => Event::HelperLost,
         Change::HelperRestored => Event::HelperRestored,
@@ -452,6 +474,15 @@ mod tests {
             (
                 Event::HelperRestored,
                 r#"{"event":"helper_restored"}"#.to_owned(),
+            ),
+            (
+                Event::ConnectionRefused {
+                    uid: Some(61002),
+                    listener: "127.0.0.1:40123".into(),
+                    serves: "pod app-0 port 4369".into(),
+                    message: "m".into(),
+                },
+                r#"{"event":"connection_refused","uid":61002,"listener":"127.0.0.1:40123","serves":"pod app-0 port 4369","message":"m"}"#.to_owned(),
             ),
             (
                 Event::Warning {

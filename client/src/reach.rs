@@ -18,7 +18,7 @@ use crate::helper::{HelperError, Link};
 use crate::inetrc::{self, InetrcError};
 pub use crate::mode::{Mode, ModeChoice};
 use crate::route::{self, NoRoute};
-use crate::runtime::RuntimeDir;
+use crate::runtime::{RuntimeDir, RuntimeError};
 
 /// The epmd module, compiled (`scripts/build-epmd-module` rebuilds it from
 /// `client/erlang/erlbridge_epmd.erl`); it loads on OTP 25 and newer.
@@ -55,6 +55,9 @@ pub enum ReachError {
     /// The host has no route to a pod and the helper may not alias it.
     #[error(transparent)]
     NoRoute(#[from] NoRoute),
+    /// No runtime directory for the files local nodes read.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     /// The epmd module or its map could not be written.
     #[error("cannot write the epmd module's files in {dir}")]
     Module {
@@ -66,34 +69,40 @@ pub enum ReachError {
     },
 }
 
+/// The chosen way, with the runtime directory its files live in: made at once for the epmd
+/// module, only when a file needs it in nat mode.
 enum Way {
     Nat {
         helper: Box<Link>,
         inetrc: Option<PathBuf>,
+        dir: Option<RuntimeDir>,
     },
-    Epmd,
+    Epmd {
+        dir: RuntimeDir,
+    },
 }
 
-/// The chosen way, with the runtime directory its files live in.
+/// The chosen way to reach the pods.
 pub struct Reach {
-    dir: RuntimeDir,
     way: Way,
 }
 
 impl Reach {
-    /// Through the helper session `helper`.
-    pub fn nat(dir: RuntimeDir, helper: Link) -> Reach {
+    /// Through the helper session `helper`. No file is written until one is needed (an
+    /// ERL_INETRC for DNS-named nodes).
+    pub fn nat(helper: Link) -> Reach {
         Reach {
-            dir,
             way: Way::Nat {
                 helper: Box::new(helper),
                 inetrc: None,
+                dir: None,
             },
         }
     }
 
-    /// Through the epmd module, written into `dir` now with an empty map.
-    pub fn epmd(dir: RuntimeDir) -> Result<Reach, ReachError> {
+    /// Through the epmd module, written now (with an empty map) into a new runtime directory.
+    pub fn epmd() -> Result<Reach, ReachError> {
+        let dir = RuntimeDir::create()?;
         let module = |source| ReachError::Module {
             dir: dir.path().to_owned(),
             source,
@@ -102,21 +111,23 @@ impl Reach {
             .map_err(module)?;
         dir.write(EPMD_MAP, b"").map_err(module)?;
         Ok(Reach {
-            dir,
-            way: Way::Epmd,
+            way: Way::Epmd { dir },
         })
     }
 
-    /// The runtime directory.
-    pub fn dir(&self) -> &std::path::Path {
-        self.dir.path()
+    /// The runtime directory, made now if it was not yet.
+    pub fn dir(&mut self) -> Result<&RuntimeDir, RuntimeError> {
+        match &mut self.way {
+            Way::Nat { dir: Some(dir), .. } | Way::Epmd { dir } => Ok(dir),
+            Way::Nat { dir, .. } => Ok(dir.insert(RuntimeDir::create()?)),
+        }
     }
 
     /// Which way this is.
     pub fn mode(&self) -> Mode {
         match self.way {
             Way::Nat { .. } => Mode::Nat,
-            Way::Epmd => Mode::Epmd,
+            Way::Epmd { .. } => Mode::Epmd,
         }
     }
 
@@ -125,11 +136,11 @@ impl Reach {
     /// IPv4 nodes, which every local node reaches.
     pub fn erl_flags(&self, ipv6: bool) -> Option<String> {
         let inet6 = if ipv6 { " -proto_dist inet6_tcp" } else { "" };
-        match self.way {
+        match &self.way {
             Way::Nat { .. } => ipv6.then(|| inet6.trim_start().to_owned()),
-            Way::Epmd => Some(format!(
+            Way::Epmd { dir } => Some(format!(
                 "-pa {} -epmd_module {EPMD_MODULE}{inet6} -hidden",
-                self.dir.path().display()
+                dir.path().display()
             )),
         }
     }
@@ -138,7 +149,7 @@ impl Reach {
     pub fn inetrc(&self) -> Option<PathBuf> {
         match &self.way {
             Way::Nat { inetrc, .. } => inetrc.clone(),
-            Way::Epmd => None,
+            Way::Epmd { .. } => None,
         }
     }
 
@@ -149,14 +160,14 @@ impl Reach {
 
     /// Whether routes need the nodes' distribution versions.
     pub fn needs_versions(&self) -> bool {
-        matches!(self.way, Way::Epmd)
+        matches!(self.way, Way::Epmd { .. })
     }
 
     /// The helper session's generation; redirects of an older one must be made again.
     pub fn generation(&self) -> u64 {
         match &self.way {
             Way::Nat { helper, .. } => helper.generation(),
-            Way::Epmd => 0,
+            Way::Epmd { .. } => 0,
         }
     }
 
@@ -164,7 +175,7 @@ impl Reach {
     pub fn is_live(&self) -> bool {
         match &self.way {
             Way::Nat { helper, .. } => helper.is_live(),
-            Way::Epmd => false,
+            Way::Epmd { .. } => false,
         }
     }
 
@@ -172,7 +183,7 @@ impl Reach {
     pub async fn ended(&mut self) {
         match &mut self.way {
             Way::Nat { helper, .. } => helper.ended().await,
-            Way::Epmd => std::future::pending().await,
+            Way::Epmd { .. } => std::future::pending().await,
         }
     }
 
@@ -180,7 +191,7 @@ impl Reach {
     pub async fn reopen(&mut self) -> Result<(), HelperError> {
         match &mut self.way {
             Way::Nat { helper, .. } => helper.reopen().await,
-            Way::Epmd => Ok(()),
+            Way::Epmd { .. } => Ok(()),
         }
     }
 
@@ -188,7 +199,7 @@ impl Reach {
     pub async fn map(&mut self, pod: SocketAddr, local_port: u16) -> Result<(), ReachError> {
         match &mut self.way {
             Way::Nat { helper, .. } => Ok(helper.map(pod, local_port).await?),
-            Way::Epmd => Ok(()),
+            Way::Epmd { .. } => Ok(()),
         }
     }
 
@@ -215,7 +226,7 @@ impl Reach {
     pub async fn realias(&mut self, ip: IpAddr) -> Result<(), ReachError> {
         match &mut self.way {
             Way::Nat { helper, .. } => Ok(helper.alias(ip).await?),
-            Way::Epmd => Ok(()),
+            Way::Epmd { .. } => Ok(()),
         }
     }
 
@@ -223,7 +234,7 @@ impl Reach {
     pub async fn unexpose(&mut self, ip: IpAddr) -> Result<(), ReachError> {
         match &mut self.way {
             Way::Nat { helper, .. } => Ok(helper.unalias(ip).await?),
-            Way::Epmd => Ok(()),
+            Way::Epmd { .. } => Ok(()),
         }
     }
 
@@ -231,7 +242,7 @@ impl Reach {
     pub async fn unmap(&mut self, pod: SocketAddr) -> Result<(), ReachError> {
         match &mut self.way {
             Way::Nat { helper, .. } => Ok(helper.unmap(pod).await?),
-            Way::Epmd => Ok(()),
+            Way::Epmd { .. } => Ok(()),
         }
     }
 
@@ -239,7 +250,7 @@ impl Reach {
     /// nodes (nat), or the epmd module's map (epmd). Each file is replaced at once.
     pub fn publish(&mut self, routes: &[Route]) -> Result<(), ReachError> {
         match &mut self.way {
-            Way::Nat { inetrc, .. } => {
+            Way::Nat { inetrc, dir, .. } => {
                 let mut hosts: Vec<(IpAddr, String)> = routes
                     .iter()
                     .filter(|r| r.host.parse::<IpAddr>().is_err())
@@ -249,14 +260,17 @@ impl Reach {
                 if hosts.is_empty() && inetrc.is_none() {
                     return Ok(());
                 }
-                *inetrc = Some(inetrc::write(&self.dir, &hosts)?);
+                let dir = match dir {
+                    Some(dir) => dir,
+                    none => none.insert(RuntimeDir::create()?),
+                };
+                *inetrc = Some(inetrc::write(dir, &hosts)?);
                 Ok(())
             }
-            Way::Epmd => {
-                self.dir
-                    .write(EPMD_MAP, map_text(routes).as_bytes())
+            Way::Epmd { dir } => {
+                dir.write(EPMD_MAP, map_text(routes).as_bytes())
                     .map_err(|source| ReachError::Module {
-                        dir: self.dir.path().to_owned(),
+                        dir: dir.path().to_owned(),
                         source,
                     })?;
                 Ok(())

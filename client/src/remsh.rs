@@ -193,7 +193,10 @@ pub async fn run(args: RemshArgs) -> Result<u8, Failure> {
             .map(|n| n.node.clone())
             .unwrap_or_default(),
     };
-    let home = private_home(bridge.runtime_dir(), &cookie).map_err(|e| {
+    let runtime = bridge
+        .runtime_dir()
+        .map_err(|e| Failure::of(exit::OTHER, "local", &e))?;
+    let home = private_home(runtime, &cookie).map_err(|e| {
         Failure::new(
             exit::OTHER,
             "local",

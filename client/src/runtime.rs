@@ -1,10 +1,18 @@
 //! The private runtime directory of one erlbridge process, where the files local Erlang nodes
-//! read live: the ERL_INETRC file for DNS-named nodes, and in the no-helper mode the epmd
-//! module and its map. It is `$XDG_RUNTIME_DIR/erlbridge/<pid>` (else
-//! `~/.cache/erlbridge/run/<pid>`), mode 0700, and goes when erlbridge ends; a start removes
-//! the directories of erlbridge processes that ended without removing theirs (kill -9).
+//! read live: the ERL_INETRC file for DNS-named nodes, in the no-helper mode the epmd module
+//! and its map, and remsh's private home with the cookie. It is made only when such a file is
+//! needed (nat mode with IP-named nodes writes nothing), as `<base>/<pid>`, mode 0700, and goes
+//! when erlbridge ends; a start removes the directories of erlbridge processes that ended
+//! without removing theirs (kill -9). The base is the first of these that can be made:
+//! `$XDG_RUNTIME_DIR/erlbridge`, `~/.cache/erlbridge/run`, `erlbridge-<uid>` in the temporary
+//! directory (`$TMPDIR`, else /tmp), the way tmux and ssh-agent keep theirs: 0700, and refused
+//! when it exists but is not this user's own or is open to others (someone may have made it
+//! first to catch the files).
 
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+use std::fmt::Write as _;
+use std::os::unix::fs::{
+    DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _,
+};
 use std::path::{Path, PathBuf};
 
 use tracing::debug;
@@ -15,11 +23,32 @@ pub const ENV_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
 /// Why the runtime directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// The directory could not be made or checked.
+    /// None of the places could be made or used.
     #[error(
-        "cannot use {path} as erlbridge's runtime directory; set XDG_RUNTIME_DIR to a \
-         directory you can write"
+        "erlbridge needs a private directory for the files local nodes read, and could make \
+         none: {}; set XDG_RUNTIME_DIR (or TMPDIR) to a directory you can write",
+        tried(.0)
     )]
+    Nowhere(Vec<(PathBuf, std::io::Error)>),
+    /// The directory belongs to someone else or others may enter it.
+    #[error(
+        "{path} exists but is not a private directory of yours ({what}, owner uid {owner}, mode \
+         {mode:o}): someone may have made it first to catch erlbridge's files (the epmd module \
+         local nodes load, the cookie of remsh's shell); remove it if it is not yours to keep, \
+         or set XDG_RUNTIME_DIR to a directory of your own"
+    )]
+    NotPrivate {
+        /// The directory.
+        path: PathBuf,
+        /// What it is: a directory, a symbolic link, a file.
+        what: &'static str,
+        /// Its owner.
+        owner: u32,
+        /// Its mode.
+        mode: u32,
+    },
+    /// This process's directory could not be made in the base.
+    #[error("cannot make erlbridge's runtime directory {path}")]
     Io {
         /// The directory.
         path: PathBuf,
@@ -27,25 +56,21 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
-    /// The directory belongs to someone else or others may enter it.
-    #[error(
-        "{path} is not a private directory of yours (owner uid {owner}, mode {mode:o}); \
-         erlbridge keeps files there that local nodes load, so it must be yours and 0700"
-    )]
-    NotPrivate {
-        /// The directory.
-        path: PathBuf,
-        /// Its owner.
-        owner: u32,
-        /// Its mode.
-        mode: u32,
-    },
     /// Erlang's command-line flags cannot carry this path.
     #[error(
         "the runtime directory {0} contains whitespace or quotes, which Erlang's flags cannot \
          carry; set XDG_RUNTIME_DIR to another directory"
     )]
     Unquotable(PathBuf),
+}
+
+fn tried(places: &[(PathBuf, std::io::Error)]) -> String {
+    let mut text = String::new();
+    for (i, (path, e)) in places.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "; " };
+        let _ = write!(text, "{sep}{} ({e})", path.display());
+    }
+    text
 }
 
 /// This process's runtime directory; removed with everything in it when dropped.
@@ -58,25 +83,11 @@ impl RuntimeDir {
     /// Creates this process's directory under the user's base, after removing the
     /// directories of erlbridge processes that are gone.
     pub fn create() -> Result<RuntimeDir, RuntimeError> {
-        let base = base()?;
+        let base = base(&candidates())?;
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| RuntimeError::Io { path, source }
         };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&base)
-            .map_err(io(&base))?;
-        let meta = std::fs::symlink_metadata(&base).map_err(io(&base))?;
-        let mode = meta.permissions().mode() & 0o7777;
-        if meta.uid() != nix::unistd::geteuid().as_raw() || mode & 0o077 != 0 || !meta.is_dir() {
-            return Err(RuntimeError::NotPrivate {
-                path: base,
-                owner: meta.uid(),
-                mode,
-            });
-        }
         sweep(&base);
         let path = base.join(std::process::id().to_string());
         if path
@@ -116,17 +127,74 @@ impl Drop for RuntimeDir {
     }
 }
 
-/// `$XDG_RUNTIME_DIR/erlbridge`, else `~/.cache/erlbridge/run`, else (no HOME either, as in
-/// some CI containers) `erlbridge-UID` in the temporary directory, which [`RuntimeDir::create`]
-/// checks is this user's own and private.
-fn base() -> Result<PathBuf, RuntimeError> {
-    if let Some(dir) = std::env::var_os(ENV_RUNTIME_DIR).filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir).join("erlbridge"));
+/// Where the base may be, in order: `$XDG_RUNTIME_DIR/erlbridge`, `~/.cache/erlbridge/run`
+/// (each made with its parents), `erlbridge-UID` in the temporary directory (made alone: the
+/// temporary directory must exist).
+fn candidates() -> Vec<(PathBuf, bool)> {
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let mut places = Vec::new();
+    if let Some(dir) = set(ENV_RUNTIME_DIR) {
+        places.push((PathBuf::from(dir).join("erlbridge"), true));
     }
-    if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        return Ok(PathBuf::from(home).join(".cache/erlbridge/run"));
+    if let Some(home) = set("HOME") {
+        places.push((PathBuf::from(home).join(".cache/erlbridge/run"), true));
     }
-    Ok(std::env::temp_dir().join(format!("erlbridge-{}", nix::unistd::geteuid())))
+    let uid = nix::unistd::geteuid();
+    places.push((std::env::temp_dir().join(format!("erlbridge-{uid}")), false));
+    places
+}
+
+/// The first of `places` that can be made (or is there) and is private; a place that exists
+/// but is not private stops the search: it is refused, never passed over in silence.
+fn base(places: &[(PathBuf, bool)]) -> Result<PathBuf, RuntimeError> {
+    let mut failed = Vec::new();
+    for (path, with_parents) in places {
+        let made = std::fs::DirBuilder::new()
+            .recursive(*with_parents)
+            .mode(0o700)
+            .create(path);
+        match made {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                debug!(path = %path.display(), error = %e, "cannot make a runtime directory here");
+                failed.push((path.clone(), e));
+                continue;
+            }
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => {
+                check_private(path, &meta)?;
+                return Ok(path.clone());
+            }
+            Err(e) => failed.push((path.clone(), e)),
+        }
+    }
+    Err(RuntimeError::Nowhere(failed))
+}
+
+/// A directory (not a link to one), this user's, closed to others.
+fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), RuntimeError> {
+    let mode = meta.permissions().mode() & 0o7777;
+    let kind = meta.file_type();
+    let what = if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_socket() || kind.is_fifo() {
+        "a special file"
+    } else {
+        "a file"
+    };
+    if meta.uid() != nix::unistd::geteuid().as_raw() || mode & 0o077 != 0 || !kind.is_dir() {
+        return Err(RuntimeError::NotPrivate {
+            path: path.to_owned(),
+            what,
+            owner: meta.uid(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// Removes the directories of erlbridge processes that no longer run.
@@ -176,6 +244,46 @@ mod tests {
         let root = dir.path().to_owned();
         drop(dir);
         assert!(!root.exists());
+    }
+
+    #[test]
+    fn the_first_place_that_can_be_made_is_taken_and_a_foreign_one_refused() {
+        let scratch = tempfile::tempdir().unwrap();
+        let file = scratch.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        // Cannot be made (its parent is a file, as an unwritable or read-only home would fail).
+        let blocked = (file.join("erlbridge"), true);
+        let home = (scratch.path().join("home/.cache/erlbridge/run"), true);
+        let tmp = (scratch.path().join("erlbridge-1000"), false);
+        let chosen = base(&[blocked.clone(), home.clone(), tmp.clone()]).unwrap();
+        assert_eq!(chosen, home.0);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&chosen), 0o700);
+        assert_eq!(base(&[blocked.clone(), tmp.clone()]).unwrap(), tmp.0);
+
+        // Nothing works: every place and why.
+        let nowhere = base(&[blocked.clone()]).unwrap_err().to_string();
+        assert!(
+            nowhere.contains(&file.join("erlbridge").display().to_string()),
+            "{nowhere}"
+        );
+        assert!(nowhere.contains("set XDG_RUNTIME_DIR"), "{nowhere}");
+
+        // Made first by someone, or open to others, or a link: refused, not passed over.
+        let open = scratch.path().join("erlbridge-open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let link = scratch.path().join("erlbridge-link");
+        std::os::unix::fs::symlink(&tmp.0, &link).unwrap();
+        for (path, why) in [(open, "mode 777"), (link, "a symbolic link")] {
+            let e = base(&[(path.clone(), false), home.clone()]).unwrap_err();
+            assert!(matches!(e, RuntimeError::NotPrivate { .. }), "{e}");
+            let text = e.to_string();
+            assert!(
+                text.contains(why) && text.contains("someone may have made it"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

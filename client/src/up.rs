@@ -21,7 +21,6 @@ use crate::mode::{Mode, ModeChoice};
 use crate::output::{self, Event, Failure, Output};
 use crate::reach::{Reach, ReachError};
 use crate::route;
-use crate::runtime::{RuntimeDir, RuntimeError};
 use crate::watch::PodWatch;
 
 /// Why the bridge could not be brought up.
@@ -42,9 +41,6 @@ pub enum UpError {
     /// A pod could not be bridged.
     #[error(transparent)]
     Bridge(#[from] BridgeError),
-    /// The runtime directory cannot be used.
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
     /// The chosen way to reach the pods cannot be set up.
     #[error(transparent)]
     Reach(#[from] ReachError),
@@ -89,12 +85,13 @@ pub fn classify(e: &UpError) -> (u8, &'static str) {
         ) => (exit::NOT_READY, "no_epmd"),
         UpError::Bridge(BridgeError::Forward(
             ForwardError::Listen(_) | ForwardError::Accept { .. },
-        ))
-        | UpError::Runtime(_) => (exit::OTHER, "local"),
+        )) => (exit::OTHER, "local"),
         UpError::Bridge(BridgeError::Reach(e)) | UpError::Reach(e) => match e {
             ReachError::Helper(e) => helper(e),
             ReachError::NoRoute(_) => (exit::NO_ROUTE, "no_route"),
-            ReachError::Inetrc(_) | ReachError::Module { .. } => (exit::OTHER, "local"),
+            ReachError::Inetrc(_) | ReachError::Module { .. } | ReachError::Runtime(_) => {
+                (exit::OTHER, "local")
+            }
         },
         UpError::Helper(e) => helper(e),
         UpError::AlreadyBridged { .. } => (exit::HELPER_REFUSED, "already_bridged"),
@@ -127,7 +124,6 @@ async fn reach(
     label: &str,
     pod_ips: &[IpAddr],
 ) -> Result<(Reach, Option<String>), UpError> {
-    let dir = RuntimeDir::create()?;
     let mut link = match args.mode {
         ModeChoice::Epmd => None,
         ModeChoice::Nat => Some(Ok(Link::open(&args.helper_socket, label).await?)),
@@ -160,9 +156,9 @@ async fn reach(
     let decision = route::decide(args.mode, view, &route::unrouted(pod_ips), &allowed)
         .map_err(ReachError::from)?;
     Ok(match (decision.mode, link) {
-        (Mode::Nat, Some(Ok(link))) => (Reach::nat(dir, link), None),
+        (Mode::Nat, Some(Ok(link))) => (Reach::nat(link), None),
         // The link, if any, closes here: epmd mode never uses the helper.
-        _ => (Reach::epmd(dir)?, decision.why),
+        _ => (Reach::epmd()?, decision.why),
     })
 }
 

@@ -95,15 +95,18 @@ fn message(event: &Event) -> String {
     match event {
         Event::PodUnreachable { message, .. }
         | Event::Warning { message }
+        | Event::ConnectionRefused { message, .. }
         | Event::Error { message, .. } => message.clone(),
         Event::Check { detail, fix, .. } => format!("{detail} {}", fix.as_deref().unwrap_or("")),
         _ => String::new(),
     }
 }
 
-/// Waits for the first event but warnings, which must be `ready`.
+/// Waits for the first event but warnings (and refused connections), which must be `ready`.
 pub fn ready(up: &mut Spawned, within: Duration) -> Ready {
-    match wait(up, within, |e| !matches!(e, Event::Warning { .. })) {
+    match wait(up, within, |e| {
+        !matches!(e, Event::Warning { .. } | Event::ConnectionRefused { .. })
+    }) {
         Event::Ready {
             nodes,
             inetrc,

@@ -30,7 +30,7 @@ pub use cluster::Cluster;
 pub use helperd::Helperd;
 pub use in_cluster::InCluster;
 pub use netns::Netns;
-pub use process::{Spawned, listening_sockets, rss_kib};
+pub use process::{Spawned, listening_addrs, listening_sockets, rss_kib};
 pub use scenario::Scenario;
 pub use terminal::Terminal;
 pub use user::User;

@@ -98,6 +98,20 @@ impl Spawned {
         }
     }
 
+    /// Reads stdout lines for `duration` and returns them (they join [`Spawned::seen`]).
+    pub fn lines_for(&mut self, duration: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + duration;
+        let mut lines = Vec::new();
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            self.seen.push(line.clone());
+            lines.push(line);
+        }
+        lines
+    }
+
     /// Every stdout line read so far.
     pub fn seen(&self) -> &[String] {
         &self.seen
@@ -150,6 +164,12 @@ pub fn rss_kib(pid: i32) -> u64 {
 
 /// How many TCP sockets process `pid` holds in the LISTEN state (its forwards, for erlbridge).
 pub fn listening_sockets(pid: i32) -> usize {
+    listening_addrs(pid).len()
+}
+
+/// The addresses of the TCP sockets process `pid` holds in the LISTEN state: what `ss -ltn`
+/// shows any local user, here tied to the process.
+pub fn listening_addrs(pid: i32) -> Vec<std::net::SocketAddr> {
     let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
         .flatten()
@@ -165,10 +185,49 @@ pub fn listening_sockets(pid: i32) -> usize {
         .iter()
         .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
         .flat_map(|text| text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
-        .filter(|line| {
+        .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             // st is the fourth field; 0A is LISTEN. The inode is the tenth.
-            fields.get(3) == Some(&"0A") && fields.get(9).is_some_and(|i| inodes.contains(*i))
+            let listening =
+                fields.get(3) == Some(&"0A") && fields.get(9).is_some_and(|i| inodes.contains(*i));
+            listening.then(|| proc_net_addr(fields.get(1)?)).flatten()
         })
-        .count()
+        .collect()
+}
+
+/// An address as /proc/net/tcp{,6} prints it: hex words in host order, then the port.
+fn proc_net_addr(text: &str) -> Option<std::net::SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).map(u32::swap_bytes))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let ip: std::net::IpAddr = match words.as_slice() {
+        [a] => std::net::Ipv4Addr::from(*a).into(),
+        [a, b, c, d] => {
+            let bits = (u128::from(*a) << 96)
+                | (u128::from(*b) << 64)
+                | (u128::from(*c) << 32)
+                | u128::from(*d);
+            std::net::Ipv6Addr::from(bits).into()
+        }
+        _ => return None,
+    };
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn proc_net_addresses_are_read() {
+        assert_eq!(
+            super::proc_net_addr("0100007F:9C4B"),
+            Some("127.0.0.1:40011".parse().unwrap())
+        );
+        assert_eq!(
+            super::proc_net_addr("00000000000000000000000001000000:1111"),
+            Some("[::1]:4369".parse().unwrap())
+        );
+    }
 }

@@ -5,6 +5,7 @@ use crate::bridge::{BridgedNode, Change, Ready};
 use crate::forward::ForwardError;
 use crate::mode::Mode;
 use crate::output::chain;
+use crate::owner::Refused;
 
 /// The ready report; the cookie goes into the commands only when `show_cookie` says so, and
 /// the local node is called `local`.
@@ -162,11 +163,35 @@ pub fn change(change: &Change) -> String {
                 chain(error)
             ),
         },
+        Change::ConnectionRefused(refused) => {
+            format!("erlbridge: warning: {}", self::refused(refused))
+        }
         Change::HelperLost => {
             "erlbridge: erlbridge-helperd went away; redirects are off until it is back".to_owned()
         }
         Change::HelperRestored => {
             "erlbridge: erlbridge-helperd is back; every redirect restored".to_owned()
         }
+    }
+}
+
+/// A refused connection, in a sentence: whose it was, where, and that the next ones of that
+/// uid go unsaid.
+pub fn refused(refused: &Refused) -> String {
+    let Refused {
+        uid,
+        owner,
+        listener,
+    } = refused;
+    let at = format!("{} ({})", listener.local, listener.serves);
+    match uid {
+        Some(uid) => format!(
+            "refused a connection of uid {uid} to {at}: this bridge serves uid {owner} only; \
+             further connections of uid {uid} are refused without a word"
+        ),
+        None => format!(
+            "refused a connection to {at} whose owner could not be found: this bridge serves \
+             uid {owner} only; further such connections are refused without a word"
+        ),
     }
 }

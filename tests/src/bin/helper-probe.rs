@@ -74,6 +74,18 @@ enum Cmd {
     /// Listen on ADDR for benchmark traffic: each request is a u64 length (big-endian) and that
     /// many bytes, answered with one byte; a zero length closes the connection.
     Sink { addr: String },
+    /// Listen on ADDR and relay every connection to TO, as any small TCP relay would (no
+    /// check of who connects); print the listening address.
+    Relay { addr: String, to: String },
+    /// Connect to ADDR, send SEND (hex), read what comes back until the peer closes or
+    /// TIMEOUT_MS passes, print it (hex and text) and whether the peer closed.
+    Talk {
+        addr: String,
+        #[arg(long, default_value = "")]
+        send: String,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Connect to ADDR and print the greeting; exit 1 when that fails.
     Connect {
         addr: String,
@@ -149,6 +161,48 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
+        }
+        Cmd::Relay { addr, to } => {
+            let listener = tokio::net::TcpListener::bind(&addr).await?;
+            println!(
+                "{}",
+                json!({"listening": listener.local_addr()?.to_string()})
+            );
+            loop {
+                let (mut conn, _) = listener.accept().await?;
+                let to = to.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(&to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+                    }
+                });
+            }
+        }
+        Cmd::Talk {
+            addr,
+            send,
+            timeout_ms,
+        } => {
+            let request = hex_decode(&send)?;
+            let mut conn = tokio::net::TcpStream::connect(&addr).await?;
+            conn.write_all(&request).await?;
+            let mut received = Vec::new();
+            let mut buf = [0u8; 4096];
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+            let closed = loop {
+                match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break true,
+                    Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+                    Err(_) => break false,
+                }
+            };
+            let hex: String = received.iter().map(|b| format!("{b:02x}")).collect();
+            println!(
+                "{}",
+                json!({"addr": addr, "received": hex, "text": String::from_utf8_lossy(&received),
+                       "closed": closed})
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Connect { addr, timeout_ms } => {
             let attempt = async {
@@ -345,7 +399,12 @@ async fn helper(socket: PathBuf, command: Cmd) -> anyhow::Result<ExitCode> {
             println!("{}", json!({"ready": true}));
             while events.next().await.is_some() {}
         }
-        Cmd::Listen { .. } | Cmd::Connect { .. } | Cmd::Sink { .. } | Cmd::Storm { .. } => {
+        Cmd::Listen { .. }
+        | Cmd::Connect { .. }
+        | Cmd::Sink { .. }
+        | Cmd::Storm { .. }
+        | Cmd::Relay { .. }
+        | Cmd::Talk { .. } => {
             unreachable!("handled without the helper")
         }
     }
@@ -486,4 +545,15 @@ fn split_addr(text: &str) -> (String, u32) {
         ),
         None => (text.to_owned(), 0),
     }
+}
+
+/// Bytes from hex text (`00016e`).
+fn hex_decode(text: &str) -> anyhow::Result<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        anyhow::bail!("odd number of hex digits in {text:?}");
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| Ok(u8::from_str_radix(&text[i..i + 2], 16)?))
+        .collect()
 }
