@@ -78,7 +78,8 @@ pub fn rootfs() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn sha256(text: &str) -> anyhow::Result<String> {
+/// The SHA-256 of `text`, hex (sha256sum's).
+pub(crate) fn sha256(text: &str) -> anyhow::Result<String> {
     let mut child = Command::new("sha256sum")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -19,6 +19,7 @@ pub mod logins;
 pub mod netns;
 pub mod package;
 pub mod process;
+pub mod python;
 pub mod scenario;
 pub mod standing;
 pub mod terminal;
