@@ -1,10 +1,14 @@
 //! Benchmark (needs root): port-forward through the API emulator (kube-rs client in the
 //! workstation, WebSocket to the emulator, relay into the pod) next to a direct connection from
 //! the cluster namespace to the pod: connection setup, small round trips and bulk throughput.
-//! Later measurements of erlbridge's bridge can be read against these. Prints figures only.
+//! Later measurements of erlbridge's bridge can be read against these. Then what the owner
+//! check of erlbridge's listeners costs: connect latency through erlbridge's forward with the
+//! check and with a listener that admits anyone, interleaved in one run, and the check alone.
+//! Prints figures only.
 
 use std::time::{Duration, Instant};
 
+use erlbridge::owner::{Admit, Listener, OwnerOnly};
 use erlbridge_testbed::{Bins, Cluster, Workstation, require_root};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
@@ -14,6 +18,8 @@ const PORT: u16 = 7000;
 const CONNECTIONS: usize = 50;
 const ROUND_TRIPS: usize = 2000;
 const BULK: u64 = 256 << 20;
+/// Connections per kind of listener, in the owner check's measurement.
+const CHECKED_CONNECTIONS: usize = 200;
 
 const MANIFEST: &str = r#"
 [[pods]]
@@ -79,6 +85,78 @@ where
     }
 }
 
+/// A listener that lets anyone in: erlbridge's forwards before the owner check.
+struct Anyone;
+
+impl Admit for Anyone {
+    fn admit(&self, _: std::net::SocketAddr, _: &Listener) -> bool {
+        true
+    }
+}
+
+/// Connect latency (connect, then one small request answered through the port-forward)
+/// through erlbridge's forward listener, with the owner check and admitting anyone,
+/// interleaved; and the check alone. (p50 checked, p50 open, p50 of the check.)
+async fn owner_check(
+    kubeconfig: std::path::PathBuf,
+    pod_addr: std::net::SocketAddr,
+) -> (Duration, Duration, Duration) {
+    let kube = erlbridge::k8s::connect(&erlbridge::k8s::ClusterOptions {
+        kubeconfig: Some(kubeconfig),
+        ..Default::default()
+    })
+    .await
+    .expect("client");
+    let (failures, _failed) = tokio::sync::mpsc::unbounded_channel();
+    let (report, _refused) = tokio::sync::mpsc::unbounded_channel();
+    let listen = |admit: std::sync::Arc<dyn Admit>| {
+        let target = erlbridge::forward::Target {
+            pod: "sink".into(),
+            port: PORT,
+            redirected: pod_addr,
+        };
+        erlbridge::forward::listen(
+            kube.clone(),
+            target,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            failures.clone(),
+            admit,
+        )
+    };
+    let checked = listen(OwnerOnly::new(report)).await.expect("listen");
+    let open = listen(std::sync::Arc::new(Anyone)).await.expect("listen");
+    let chunk = vec![7u8; 64];
+    let connect = |at: std::net::SocketAddr| {
+        let chunk = chunk.clone();
+        async move {
+            let start = Instant::now();
+            let mut s = tokio::net::TcpStream::connect(at).await.expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            request(&mut s, 1, &chunk).await;
+            start.elapsed()
+        }
+    };
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..CHECKED_CONNECTIONS {
+        with.push(connect(checked.local).await);
+        without.push(connect(open.local).await);
+    }
+    // The check alone, on a live connection of this process's.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let _client =
+        std::net::TcpStream::connect(server.local_addr().expect("addr")).expect("connect");
+    let (_accepted, peer) = server.accept().expect("accept");
+    let local = server.local_addr().expect("addr");
+    let mut alone = Vec::new();
+    for _ in 0..1000 {
+        let start = Instant::now();
+        let owner = erlbridge::owner::owner_of(peer, &[local, pod_addr]).expect("lookup");
+        alone.push(start.elapsed());
+        assert!(owner.is_some());
+    }
+    (p(&mut with, 0.5), p(&mut without, 0.5), p(&mut alone, 0.5))
+}
+
 fn main() -> anyhow::Result<()> {
     require_root();
     let bins = Bins::stage(&["helper-probe"])?;
@@ -137,6 +215,8 @@ fn main() -> anyhow::Result<()> {
     };
     let default_client = through(false)?;
     let forwarded = through(true)?;
+    let kubeconfig = cluster.kubeconfig.clone();
+    let (checked, open, check) = ws.block_on(move || owner_check(kubeconfig, pod_addr))?;
 
     println!(
         "port-forward through the API emulator vs a direct connection from the cluster namespace"
@@ -166,6 +246,24 @@ fn main() -> anyhow::Result<()> {
         forwarded.setup_p50.as_secs_f64() / direct.setup_p50.as_secs_f64(),
         forwarded.rtt_p50.as_secs_f64() / direct.rtt_p50.as_secs_f64(),
         forwarded.mb_per_s / direct.mb_per_s
+    );
+    println!(
+        "\nconnect latency through erlbridge's forward listener ({CHECKED_CONNECTIONS} connections \
+         each, interleaved; connect plus one request through a new port-forward)"
+    );
+    println!(
+        "  admitting anyone (before the owner check): p50 {:>8.3}ms",
+        open.as_secs_f64() * 1e3
+    );
+    println!(
+        "  owner's connections only (the check):     p50 {:>8.3}ms  ({:.2}x)",
+        checked.as_secs_f64() * 1e3,
+        checked.as_secs_f64() / open.as_secs_f64()
+    );
+    println!(
+        "  the check alone (sock_diag lookup):        p50 {:>8.3}ms  ({:.1}% of a connect)",
+        check.as_secs_f64() * 1e3,
+        100.0 * check.as_secs_f64() / open.as_secs_f64()
     );
     Ok(())
 }
