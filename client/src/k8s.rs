@@ -322,7 +322,7 @@ pub const ENV_KUBECONFIG: &str = "KUBECONFIG";
 #[derive(Debug)]
 pub enum Listed {
     /// The files that exist, merged.
-    Merged(Kubeconfig),
+    Merged(Box<Kubeconfig>),
     /// None of the files exists (they are named).
     None(Vec<PathBuf>),
 }
@@ -364,7 +364,7 @@ pub fn listed(value: &std::ffi::OsStr) -> Result<Option<Listed>, K8sError> {
         });
     }
     Ok(Some(match merged {
-        Some(kubeconfig) => Listed::Merged(kubeconfig),
+        Some(kubeconfig) => Listed::Merged(Box::new(kubeconfig)),
         None => Listed::None(paths),
     }))
 }
@@ -391,7 +391,7 @@ pub async fn connect(opts: &ClusterOptions) -> Result<Kube, K8sError> {
                 })?
         }
         (None, Some(Listed::Merged(kubeconfig))) => {
-            kube::Config::from_custom_kubeconfig(kubeconfig, &kc_opts)
+            kube::Config::from_custom_kubeconfig(*kubeconfig, &kc_opts)
                 .await
                 .map_err(|e| K8sError::Context(kubeconfig_reason(&e, true)))?
         }

@@ -262,7 +262,9 @@ mod tests {
         assert_eq!(base(&[blocked.clone(), tmp.clone()]).unwrap(), tmp.0);
 
         // Nothing works: every place and why.
-        let nowhere = base(&[blocked.clone()]).unwrap_err().to_string();
+        let nowhere = base(std::slice::from_ref(&blocked))
+            .unwrap_err()
+            .to_string();
         assert!(
             nowhere.contains(&file.join("erlbridge").display().to_string()),
             "{nowhere}"

@@ -38,9 +38,16 @@ fn send_name(name: &str) -> String {
     let mut body = vec![b'N'];
     body.extend_from_slice(&flags.to_be_bytes());
     body.extend_from_slice(&1u32.to_be_bytes());
-    body.extend_from_slice(&u16::try_from(name.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(
+        &u16::try_from(name.len())
+            .expect("a short name")
+            .to_be_bytes(),
+    );
     body.extend_from_slice(name.as_bytes());
-    let mut message = u16::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+    let mut message = u16::try_from(body.len())
+        .expect("a short message")
+        .to_be_bytes()
+        .to_vec();
     message.extend(body);
     message.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -549,7 +549,7 @@ fn split_addr(text: &str) -> (String, u32) {
 
 /// Bytes from hex text (`00016e`).
 fn hex_decode(text: &str) -> anyhow::Result<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         anyhow::bail!("odd number of hex digits in {text:?}");
     }
     (0..text.len())
