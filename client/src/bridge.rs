@@ -5,10 +5,12 @@
 //! [`crate::reach`] says: the helper's redirects, or the epmd module's map. Node names are
 //! kept exactly (the distribution handshake checks them); only addresses change.
 //!
-//! Healing is the pure plan of [`crate::reconcile`] applied after every change of the pod
-//! store ([`crate::watch`]), of the helper session, and when a failed pod is due for another
-//! try. Forwards need no healing of their own: each accepted connection opens a fresh
-//! port-forward stream.
+//! Each pod is attached in a task of its own ([`attach`], at most [`attach::parallel`] at
+//! once), so a big StatefulSet over a slow link is ready in a few round trips, and a pod whose
+//! attach hangs holds no other's. Healing is the pure plan of [`crate::reconcile`] applied
+//! after every change of the pod store ([`crate::watch`]), of the helper session, and when a
+//! failed pod is due for another try; an attach's end is carried out as it comes. Forwards
+//! need no healing of their own: each accepted connection opens a fresh port-forward stream.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,19 +19,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use crate::discover::{EPMD_PORT, PodInfo, Snapshot, not_ready};
+use crate::discover::{PodInfo, Snapshot, not_ready};
 use crate::epmd;
 use crate::forward::{self, Forward, ForwardError};
 use crate::k8s::Kube;
 use crate::mode::Mode;
-use crate::nodes::{self, Found, NodesError};
+use crate::nodes::NodesError;
 use crate::owner::{OwnerOnly, Refused};
 use crate::reach::{Reach, ReachError, Route};
 use crate::reconcile::{Action, PodState, next_retry, plan};
 use crate::watch::PodWatch;
+
+pub mod attach;
 
 /// How long a pod that could not be bridged waits before the next try.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -76,7 +81,7 @@ pub struct Held {
 }
 
 /// What a redirected pod address reaches locally: a forward to a pod port, or erlbridge's
-/// stand-in for the epmd a pod does not run.
+/// stand-in for the pod's epmd.
 #[derive(Debug)]
 enum Listener {
     Forward(Forward),
@@ -89,21 +94,6 @@ impl Listener {
             Listener::Forward(f) => f.local.port(),
             Listener::Epmd(r) => r.local.port(),
         }
-    }
-}
-
-/// What to open for a redirected pod port.
-#[derive(Debug, Clone)]
-enum Want {
-    Forward(u16),
-    Responder(Vec<epmd::Known>),
-}
-
-/// The loopback address of `ip`'s family, where its forwards listen.
-fn loopback(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-        IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
     }
 }
 
@@ -171,6 +161,15 @@ pub enum Change {
     HelperRestored,
 }
 
+/// How far a start is: pods attached of those to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Pods attached so far.
+    pub attached: usize,
+    /// Pods to attach.
+    pub total: usize,
+}
+
 /// What the bridge looks like once up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ready {
@@ -186,52 +185,89 @@ pub struct Ready {
     pub skipped: Vec<String>,
 }
 
-/// A live bridge. Dropping it closes the forwards and the helper session, whose end removes
-/// every rule it added.
+/// A live bridge. Dropping it stops the attaches in flight, closes the forwards and the
+/// helper session, whose end removes every rule it added.
 pub struct Bridge {
     pods: BTreeMap<String, PodState<Held>>,
     watch: PodWatch,
     reach: Reach,
-    kube: Kube,
-    failures: (
-        UnboundedSender<forward::Failed>,
-        UnboundedReceiver<forward::Failed>,
-    ),
-    /// Who the listeners serve (this user), and the connections they refused, once per uid.
-    admit: Arc<OwnerOnly>,
+    /// What each attach task needs.
+    ctx: Arc<attach::Context>,
+    /// The attaches in flight, and per pod the one whose end counts.
+    tasks: JoinSet<Attached>,
+    inflight: BTreeMap<String, (u64, AbortHandle)>,
+    attempts: u64,
+    failures: UnboundedReceiver<forward::Failed>,
+    /// The connections the listeners refused, once per uid.
     refused: UnboundedReceiver<Refused>,
     /// The store as the last plan saw it.
     snapshot: Snapshot,
 }
 
+/// An attach task's end.
+struct Attached {
+    pod: String,
+    attempt: u64,
+    result: Result<attach::Prepared, BridgeError>,
+}
+
 impl Bridge {
-    /// Bridges every ready pod of the watch's first snapshot; returns once each is reachable.
-    /// A pod that cannot be bridged fails the whole bridge, which then leaves nothing behind.
-    pub async fn up(kube: Kube, watch: PodWatch, reach: Reach) -> Result<Bridge, BridgeError> {
+    /// Bridges every ready pod of the watch's first snapshot, [`attach::parallel`] at a time,
+    /// telling `progress` after each; returns once each is reachable. A pod that cannot be
+    /// bridged fails the whole bridge, which then leaves nothing behind (the attaches still in
+    /// flight stop, their listeners close).
+    pub async fn up(
+        kube: Kube,
+        watch: PodWatch,
+        reach: Reach,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<Bridge, BridgeError> {
         let (report, refused) = unbounded_channel();
+        let (failed, failures) = unbounded_channel();
+        let ctx = attach::Context {
+            kube,
+            failures: failed,
+            admit: OwnerOnly::new(report),
+            stands_in_for_epmd: reach.redirects_epmd(),
+            limit: tokio::sync::Semaphore::new(attach::parallel()),
+        };
         let mut bridge = Bridge {
             pods: BTreeMap::new(),
             snapshot: watch.snapshot(),
             watch,
             reach,
-            kube,
-            failures: unbounded_channel(),
-            admit: OwnerOnly::new(report),
+            ctx: Arc::new(ctx),
+            tasks: JoinSet::new(),
+            inflight: BTreeMap::new(),
+            attempts: 0,
+            failures,
             refused,
         };
         let generation = bridge.reach.generation();
         for action in plan(&bridge.snapshot, &bridge.pods, generation, Instant::now()) {
             if let Action::Bridge(info) = action {
-                let held = bridge.attach(&info).await?;
-                bridge.pods.insert(
-                    info.name.clone(),
-                    PodState::Bridged {
-                        info,
-                        held,
-                        generation,
-                    },
-                );
+                bridge.start_attach(info, false, false);
             }
+        }
+        let total = bridge.inflight.len();
+        progress(Progress { attached: 0, total });
+        let mut attached = 0;
+        while let Some(done) = next(&mut bridge.tasks).await {
+            bridge.inflight.remove(&done.pod);
+            let Some(PodState::Attaching { info, .. }) = bridge.pods.remove(&done.pod) else {
+                continue;
+            };
+            let held = bridge.commit(&info, done.result?).await?;
+            bridge.pods.insert(
+                info.name.clone(),
+                PodState::Bridged {
+                    info,
+                    held,
+                    generation,
+                },
+            );
+            attached += 1;
+            progress(Progress { attached, total });
         }
         bridge.publish()?;
         info!(pods = bridge.pods.len(), mode = %bridge.reach.mode(), "bridged");
@@ -286,6 +322,15 @@ impl Bridge {
                     warn!("the pod watch ended; the bridge stays as it is");
                     return;
                 },
+                Some(done) = next(&mut self.tasks), if !self.tasks.is_empty() => {
+                    let pod = done.pod.clone();
+                    let change = self.attached(done).instrument(info_span!("heal", %pod)).await;
+                    if let Err(e) = self.publish() {
+                        warn!(error = %e, "could not tell local nodes where the pods are now");
+                    }
+                    report_all(&mut report, change);
+                    continue;
+                }
                 () = self.reach.ended(), if self.reach.is_live() => {
                     report(Change::HelperLost);
                     helper_back_at = Some(Instant::now());
@@ -310,7 +355,7 @@ impl Bridge {
                     report(Change::ConnectionRefused(refused));
                     continue;
                 }
-                Some(failed) = self.failures.1.recv() => {
+                Some(failed) = self.failures.recv() => {
                     // Only for pods still bridged: a connection to a pod that is gone is moot.
                     if matches!(self.pods.get(&failed.pod), Some(PodState::Bridged { .. })) {
                         report(Change::ConnectionFailed(failed));
@@ -328,7 +373,8 @@ impl Bridge {
         }
     }
 
-    /// Plans against the current snapshot and carries the plan out.
+    /// Plans against the current snapshot and carries the plan out: attaches start (and run
+    /// on by themselves), drops and remaps are done at once.
     async fn reconcile(&mut self) -> Vec<Change> {
         self.snapshot = self.watch.snapshot();
         let actions = plan(
@@ -360,26 +406,87 @@ impl Bridge {
     async fn apply(&mut self, action: Action) -> Option<Change> {
         match action {
             Action::Bridge(info) => {
-                let came_back = match self.pods.get(&info.name) {
-                    Some(PodState::Gone) => true,
-                    Some(PodState::Failing { came_back, .. }) => *came_back,
-                    _ => false,
+                let (came_back, retrying) = match self.pods.get(&info.name) {
+                    Some(PodState::Gone) => (true, false),
+                    Some(PodState::Failing { came_back, .. }) => (*came_back, true),
+                    Some(PodState::Attaching {
+                        came_back,
+                        retrying,
+                        ..
+                    }) => (*came_back, *retrying),
+                    _ => (false, false),
                 };
-                self.bridge(info, came_back).await
+                self.start_attach(info, came_back, retrying);
+                None
             }
             Action::Rebridge(info) => {
                 self.unbridge(&info.name).await;
-                self.bridge(info, true).await
+                self.start_attach(info, true, false);
+                None
             }
             Action::Drop(name) => self.drop_pod(&name).await,
             Action::Remap(name) => self.remap(&name).await,
         }
     }
 
-    /// Bridges one pod; a failure leaves it to be tried again, reported the first time only.
-    async fn bridge(&mut self, info: PodInfo, came_back: bool) -> Option<Change> {
+    /// Starts attaching `info` in a task of its own, in place of any attach of it in flight.
+    fn start_attach(&mut self, info: PodInfo, came_back: bool, retrying: bool) {
+        self.stop_attach(&info.name);
+        self.attempts += 1;
+        let attempt = self.attempts;
+        let (ctx, pod, task_info) = (self.ctx.clone(), info.name.clone(), info.clone());
+        let task = self.tasks.spawn(
+            async move {
+                let result = attach::prepare(ctx, task_info).await;
+                Attached {
+                    pod,
+                    attempt,
+                    result,
+                }
+            }
+            .instrument(info_span!("attach", pod = %info.name, ip = %info.ip)),
+        );
+        self.inflight.insert(info.name.clone(), (attempt, task));
+        self.pods.insert(
+            info.name.clone(),
+            PodState::Attaching {
+                info,
+                came_back,
+                retrying,
+            },
+        );
+    }
+
+    /// Stops the attach of `pod` in flight, if any.
+    fn stop_attach(&mut self, pod: &str) {
+        if let Some((_, task)) = self.inflight.remove(pod) {
+            task.abort();
+        }
+    }
+
+    /// An attach ended: the pod is bridged (its redirects made now), or it failed and is tried
+    /// again, reported the first time only. The end of an attach that was replaced or stopped
+    /// is dropped, with its listeners.
+    async fn attached(&mut self, done: Attached) -> Option<Change> {
+        match self.inflight.get(&done.pod) {
+            Some((attempt, _)) if *attempt == done.attempt => {}
+            _ => return None,
+        }
+        self.inflight.remove(&done.pod);
+        let Some(PodState::Attaching {
+            info,
+            came_back,
+            retrying,
+        }) = self.pods.remove(&done.pod)
+        else {
+            return None;
+        };
         let name = info.name.clone();
-        match self.attach(&info).await {
+        let result = match done.result {
+            Ok(prepared) => self.commit(&info, prepared).await,
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(held) => {
                 let nodes = held.nodes.clone();
                 info!(pod = %name, ip = %info.ip, "bridged");
@@ -399,7 +506,6 @@ impl Bridge {
                 })
             }
             Err(error) => {
-                let reported = matches!(self.pods.get(&name), Some(PodState::Failing { .. }));
                 self.pods.insert(
                     name.clone(),
                     PodState::Failing {
@@ -408,27 +514,24 @@ impl Bridge {
                         came_back,
                     },
                 );
-                (!reported).then_some(Change::PodUnreachable { pod: name, error })
+                (!retrying).then_some(Change::PodUnreachable { pod: name, error })
             }
         }
     }
 
-    /// Asks the pod's epmd for its nodes, opens their forwards and makes them reachable. On
-    /// failure nothing of it stays.
-    async fn attach(&mut self, pod: &PodInfo) -> Result<Held, BridgeError> {
-        let (registered, found) = nodes::find(&self.kube, pod).await?;
-        let mut versions = Vec::new();
-        for node in &registered {
-            versions.push(match &found {
-                // OTP 23 and newer speak version 6; a node without epmd cannot say.
-                Found::Spec(_) => 6,
-                Found::Epmd if self.reach.needs_versions() => {
-                    nodes::version(&self.kube, pod, &node.name).await?
-                }
-                Found::Epmd => 0,
-            });
-        }
-        let loopback = loopback(pod.ip);
+    /// Makes an attached pod's listeners reachable the way [`Reach`] says (the helper's
+    /// redirects, a loopback alias where the host has no route), and keeps them. On failure
+    /// nothing of it stays.
+    async fn commit(
+        &mut self,
+        pod: &PodInfo,
+        prepared: attach::Prepared,
+    ) -> Result<Held, BridgeError> {
+        let attach::Prepared {
+            nodes,
+            found,
+            listeners,
+        } = prepared;
         let mut held = Held {
             nodes: Vec::new(),
             routes: Vec::new(),
@@ -438,84 +541,25 @@ impl Bridge {
         if self.reach.expose(pod.ip).await? {
             held.alias = Some(pod.ip);
         }
-        let mut wanted = Vec::new();
-        if self.reach.forwards_epmd() {
-            // A local node asks the pod's address on its own epmd port (4369); the pod's
-            // epmd may listen elsewhere, or not at all (then erlbridge answers for it).
-            let epmd = match &found {
-                Found::Epmd => Want::Forward(pod.epmd_port),
-                Found::Spec(_) => Want::Responder(
-                    registered
-                        .iter()
-                        .zip(&versions)
-                        .map(|(r, v)| epmd::Known {
-                            name: r.name.clone(),
-                            port: r.port,
-                            version: *v,
-                        })
-                        .collect(),
-                ),
-            };
-            wanted.push((EPMD_PORT, epmd.clone()));
-            if pod.epmd_port != EPMD_PORT && found == Found::Epmd {
-                wanted.push((pod.epmd_port, epmd));
+        for (addr, listener) in listeners {
+            if let Err(e) = self.reach.map(addr, listener.port()).await {
+                self.detach(&pod.name, held).await;
+                return Err(e.into());
             }
+            held.listeners.push((addr, listener));
         }
-        wanted.extend(registered.iter().map(|r| (r.port, Want::Forward(r.port))));
-        for (port, want) in wanted {
-            let addr = SocketAddr::new(pod.ip, port);
-            let added = async {
-                let listener = match want {
-                    Want::Forward(pod_port) => Listener::Forward(
-                        forward::listen(
-                            self.kube.clone(),
-                            forward::Target {
-                                pod: pod.name.clone(),
-                                port: pod_port,
-                                redirected: addr,
-                            },
-                            loopback,
-                            self.failures.0.clone(),
-                            self.admit.clone(),
-                        )
-                        .await?,
-                    ),
-                    Want::Responder(known) => Listener::Epmd(
-                        epmd::Responder::start(
-                            loopback,
-                            known,
-                            &pod.name,
-                            addr,
-                            self.admit.clone(),
-                        )
-                        .await
-                        .map_err(ForwardError::Listen)?,
-                    ),
-                };
-                self.reach.map(addr, listener.port()).await?;
-                Ok::<_, BridgeError>(listener)
-            }
-            .await;
-            match added {
-                Ok(listener) => held.listeners.push((addr, listener)),
-                Err(e) => {
-                    self.detach(&pod.name, held).await;
-                    return Err(e);
-                }
-            }
-        }
-        for (node, version) in registered.into_iter().zip(versions) {
+        for node in nodes {
             let local_port = held
                 .listeners
                 .iter()
-                .find(|(addr, _)| addr.port() == node.port)
+                .find(|(addr, l)| addr.port() == node.port && matches!(l, Listener::Forward(_)))
                 .map_or(0, |(_, l)| l.port());
             held.routes.push(Route {
                 alive: node.name.clone(),
                 host: pod.host.clone(),
                 ip: pod.ip,
                 local_port,
-                version,
+                version: node.version,
             });
             held.nodes.push(BridgedNode {
                 node: format!("{}@{}", node.name, pod.host),
@@ -548,6 +592,7 @@ impl Bridge {
 
     /// Unbridges a pod, keeping its name as seen.
     async fn unbridge(&mut self, name: &str) -> Vec<BridgedNode> {
+        self.stop_attach(name);
         match self.pods.insert(name.to_owned(), PodState::Gone) {
             Some(PodState::Bridged { held, .. }) => self.detach(name, held).await,
             _ => Vec::new(),
@@ -565,13 +610,20 @@ impl Bridge {
                     nodes,
                 })
             }
-            Some(PodState::Failing {
-                came_back: false, ..
-            }) => {
+            Some(
+                PodState::Failing {
+                    came_back: false, ..
+                }
+                | PodState::Attaching {
+                    came_back: false, ..
+                },
+            ) => {
+                self.stop_attach(name);
                 self.pods.remove(name);
                 None
             }
             _ => {
+                self.stop_attach(name);
                 self.pods.insert(name.to_owned(), PodState::Gone);
                 None
             }
@@ -635,6 +687,24 @@ impl Bridge {
             .flatten()
             .collect();
         self.reach.publish(&routes)
+    }
+}
+
+/// The next attach to end, its tasks' panics passed on; `None` once there is none. A stopped
+/// attach's end is skipped.
+async fn next(tasks: &mut JoinSet<Attached>) -> Option<Attached> {
+    loop {
+        match tasks.join_next().await? {
+            Ok(done) => return Some(done),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {}
+        }
+    }
+}
+
+fn report_all(report: &mut impl FnMut(Change), change: Option<Change>) {
+    if let Some(change) = change {
+        report(change);
     }
 }
 

@@ -130,6 +130,9 @@ pub struct PodInfo {
     pub namespace: String,
     /// Its uid: a pod re-created under the same name has a new one.
     pub uid: String,
+    /// How often its Erlang container restarted: a restarted node may listen on another
+    /// distribution port, so the pod's epmd is asked again.
+    pub restarts: i32,
     /// Its IP.
     pub ip: IpAddr,
     /// Where its epmd listens.
@@ -236,6 +239,15 @@ pub fn pod_info(pod: &Pod, rules: &NodeRules) -> Result<PodInfo, String> {
         .and_then(|p| u16::try_from(p.container_port).ok())
         .or_else(|| lookup("ERL_EPMD_PORT")?.parse().ok())
         .unwrap_or(EPMD_PORT);
+    let restarts = container
+        .and_then(|c| {
+            status?
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .find(|s| s.name == c.name)
+        })
+        .map_or(0, |s| s.restart_count);
     let words = container.map_or_else(Vec::new, |c| spec::erl_words(c, lookup));
     let epmdless = match rules.dist_port {
         Some(port) => Some(Epmdless {
@@ -285,6 +297,7 @@ pub fn pod_info(pod: &Pod, rules: &NodeRules) -> Result<PodInfo, String> {
         name,
         namespace,
         uid,
+        restarts,
         ip,
         epmd_port,
         host,

@@ -126,10 +126,28 @@ pub struct Known {
     pub version: u16,
 }
 
-/// A local stand-in for the epmd a pod does not run: answers PORT_PLEASE2 and NAMES for the
-/// nodes it knows, so a local node that asks "where is app@10.244.1.8" (through the helper's
-/// redirect of the pod's epmd port) learns the node's fixed distribution port. Serves only the
-/// connections `admit` lets in (this user's). Stops when dropped.
+/// What a [`Responder`] stands in for: a pod's epmd, at the address `redirected` (`podIP:port`)
+/// a redirect of this user's sends to it.
+#[derive(Clone)]
+pub struct Stand {
+    /// The pod.
+    pub pod: String,
+    /// The pod address local nodes dial for its epmd.
+    pub redirected: std::net::SocketAddr,
+    /// The nodes it answers for.
+    pub nodes: Vec<Known>,
+    /// Where anything else goes: the pod's own epmd (its port), through a port-forward of its
+    /// own; `None` for a pod that runs no epmd.
+    pub epmd: Option<(crate::k8s::Kube, u16)>,
+}
+
+/// erlbridge's stand-in for a pod's epmd, on a loopback port the helper's redirect of the
+/// pod's epmd address leads to (nat mode): a local node that asks "where is app@10.244.1.8"
+/// (PORT_PLEASE2) or which nodes run there (NAMES) is answered at once from what erlbridge
+/// learnt when it attached the pod, so a new local connection costs one port-forward, its
+/// distribution connection's. Any other request (another node's name, another kind) goes to
+/// the pod's epmd, which answers as it would; a pod without epmd gets epmd's "no such node".
+/// Serves only the connections `admit` lets in (this user's). Stops when dropped.
 #[derive(Debug)]
 pub struct Responder {
     /// Where it listens.
@@ -144,80 +162,105 @@ impl Drop for Responder {
 }
 
 impl Responder {
-    /// Listens on an ephemeral port of `ip` (a loopback address) and answers for `nodes` of
-    /// `pod`, whose epmd address (`podIP:port`) a redirect of this user's sends here.
+    /// Listens on an ephemeral port of `ip` (a loopback address) and stands in as `stand`
+    /// says; accept failures go to `failures`, as a forward's do.
     pub async fn start(
         ip: std::net::IpAddr,
-        nodes: Vec<Known>,
-        pod: &str,
-        addr: std::net::SocketAddr,
+        stand: Stand,
         admit: std::sync::Arc<dyn crate::owner::Admit>,
+        failures: tokio::sync::mpsc::UnboundedSender<crate::forward::Failed>,
     ) -> std::io::Result<Responder> {
         let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
         let local = listener.local_addr()?;
-        let gate = crate::owner::Listener {
+        let port = stand.redirected.port();
+        let gate = std::sync::Arc::new(crate::owner::Listener {
             local,
-            pod: addr,
+            pod: stand.redirected,
             serves: format!(
-                "pod {pod} port {} (erlbridge answers for its epmd)",
-                addr.port()
+                "pod {} port {port} (erlbridge answers for its epmd)",
+                stand.pod
             ),
-        };
-        let shared = std::sync::Arc::new((nodes, gate));
-        let task = tokio::spawn(async move {
-            while let Ok((mut conn, peer)) = listener.accept().await {
-                let (shared, admit) = (shared.clone(), admit.clone());
-                tokio::spawn(async move {
-                    let (nodes, gate) = &*shared;
-                    if admit.admit(peer, gate) {
-                        let _ = answer(&mut conn, nodes, local.port()).await;
-                    }
-                });
-            }
         });
+        let pod = stand.pod.clone();
+        let stand = std::sync::Arc::new(stand);
+        let serve = move |conn, _, _| {
+            let stand = stand.clone();
+            async move {
+                let _ = serve(conn, &stand).await;
+            }
+        };
+        let task = tokio::spawn(crate::forward::accept_loop(
+            listener, pod, port, gate, admit, failures, serve,
+        ));
         Ok(Responder { local, task })
     }
 }
 
-/// Reads one request and answers it as epmd would; anything else closes the connection.
-async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut S,
-    nodes: &[Known],
-    own_port: u16,
-) -> std::io::Result<()> {
-    let len = conn.read_u16().await?;
-    let mut request = vec![0; usize::from(len)];
-    conn.read_exact(&mut request).await?;
-    let reply = match request.split_first() {
-        Some((122, name)) => match nodes.iter().find(|n| n.name.as_bytes() == name) {
-            Some(node) => {
-                let mut reply = vec![119, 0];
-                reply.extend_from_slice(&node.port.to_be_bytes());
-                // A normal node speaking TCP/IPv4 (the protocol field is not read for IPv6).
-                reply.extend_from_slice(&[77, 0]);
-                reply.extend_from_slice(&node.version.to_be_bytes());
-                reply.extend_from_slice(&5u16.to_be_bytes());
-                let name = node.name.as_bytes();
-                reply.extend_from_slice(&u16::try_from(name.len()).unwrap_or(0).to_be_bytes());
-                reply.extend_from_slice(name);
-                reply.extend_from_slice(&0u16.to_be_bytes());
-                reply
+/// How long a local node may take to send its request once connected (it sends it at once).
+const REQUEST_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads one request and answers it from what `stand` knows, or has the pod's epmd answer it.
+async fn serve(mut conn: tokio::net::TcpStream, stand: &Stand) -> std::io::Result<()> {
+    let read = async {
+        let len = conn.read_u16().await?;
+        let mut request = vec![0; usize::from(len)];
+        conn.read_exact(&mut request).await?;
+        Ok::<_, std::io::Error>((len, request))
+    };
+    let (len, request) = tokio::time::timeout(REQUEST_WITHIN, read)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    if let Some(reply) = answer(&request, &stand.nodes, stand.redirected.port()) {
+        conn.write_all(&reply).await?;
+        return conn.shutdown().await;
+    }
+    match &stand.epmd {
+        Some((kube, port)) => {
+            let mut framed = len.to_be_bytes().to_vec();
+            framed.extend_from_slice(&request);
+            if let Err(e) = crate::forward::relay(conn, kube, &stand.pod, *port, &framed).await {
+                tracing::debug!(pod = %stand.pod, error = %e, "an epmd request could not be forwarded");
             }
-            None => vec![119, 1],
-        },
-        Some((110, _)) => {
-            let mut reply = u32::from(own_port).to_be_bytes().to_vec();
+            Ok(())
+        }
+        None if request.first() == Some(&122) => {
+            conn.write_all(&[119, 1]).await?;
+            conn.shutdown().await
+        }
+        None => Ok(()),
+    }
+}
+
+/// The answer to `request` (the body, without its length) from what is known of `nodes`, as
+/// epmd would give it (`epmd_port` is the port the asker dialed): PORT_PLEASE2 for a known
+/// node, and NAMES. `None` for anything else.
+fn answer(request: &[u8], nodes: &[Known], epmd_port: u16) -> Option<Vec<u8>> {
+    match request.split_first()? {
+        (122, name) => {
+            let node = nodes.iter().find(|n| n.name.as_bytes() == name)?;
+            let mut reply = vec![119, 0];
+            reply.extend_from_slice(&node.port.to_be_bytes());
+            // A normal node speaking TCP/IPv4 (the protocol field is not read for IPv6).
+            reply.extend_from_slice(&[77, 0]);
+            reply.extend_from_slice(&node.version.to_be_bytes());
+            reply.extend_from_slice(&5u16.to_be_bytes());
+            let name = node.name.as_bytes();
+            reply.extend_from_slice(&u16::try_from(name.len()).unwrap_or(0).to_be_bytes());
+            reply.extend_from_slice(name);
+            reply.extend_from_slice(&0u16.to_be_bytes());
+            Some(reply)
+        }
+        (110, _) => {
+            let mut reply = u32::from(epmd_port).to_be_bytes().to_vec();
             for node in nodes {
                 reply.extend_from_slice(
                     format!("name {} at port {}\n", node.name, node.port).as_bytes(),
                 );
             }
-            reply
+            Some(reply)
         }
-        _ => return Ok(()),
-    };
-    conn.write_all(&reply).await?;
-    conn.shutdown().await
+        _ => None,
+    }
 }
 
 /// Parses a whole NAMES reply.
@@ -321,12 +364,18 @@ mod tests {
             version: 6,
         }];
         let (tx, _refused) = tokio::sync::mpsc::unbounded_channel();
+        let (failures, _failed) = tokio::sync::mpsc::unbounded_channel();
+        let stand = Stand {
+            pod: "app-0".into(),
+            redirected: "10.244.1.8:4369".parse().unwrap(),
+            nodes: known,
+            epmd: None,
+        };
         let responder = Responder::start(
             "127.0.0.1".parse().unwrap(),
-            known,
-            "app-0",
-            "10.244.1.8:4369".parse().unwrap(),
+            stand,
             crate::owner::OwnerOnly::new(tx),
+            failures,
         )
         .await
         .unwrap();
@@ -354,6 +403,34 @@ mod tests {
                 port: 9100
             }])
         );
+    }
+
+    #[test]
+    fn the_stand_in_answers_what_it_knows_and_passes_on_the_rest() {
+        let nodes = [Known {
+            name: "app".into(),
+            port: 9100,
+            version: 6,
+        }];
+        let reply = answer(&port_please_request("app").unwrap()[2..], &nodes, 4369).unwrap();
+        assert_eq!(
+            parse_port2(&reply),
+            Ok(Some(PortInfo {
+                port: 9100,
+                version: 6
+            }))
+        );
+        // NAMES says the epmd port the asker dialed (erl_epmd checks it), then the nodes.
+        let names = answer(&[110], &nodes, 4369).unwrap();
+        assert_eq!(&names[..4], &4369u32.to_be_bytes());
+        assert_eq!(&names[4..], b"name app at port 9100\n");
+        // Another node's name, or another request: the pod's epmd answers those.
+        assert_eq!(
+            answer(&port_please_request("other").unwrap()[2..], &nodes, 4369),
+            None
+        );
+        assert_eq!(answer(&[100], &nodes, 4369), None);
+        assert_eq!(answer(&[], &nodes, 4369), None);
     }
 
     #[tokio::test]

@@ -195,60 +195,85 @@ pub async fn listen(
         pod: redirected,
         serves: format!("pod {pod} port {port}"),
     });
-    let task = tokio::spawn(async move {
-        let mut backoff: Option<Duration> = None;
-        loop {
-            let (conn, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) if out_of_resources(&e) => {
-                    // accept() fails at once while a connection waits in the backlog: without
-                    // a pause this loop would spin. Report the first failure of a run only.
-                    let delay = match backoff {
-                        None => {
-                            debug!(%pod, port, error = %e, "cannot accept; backing off");
-                            let error = ForwardError::Accept {
-                                local,
-                                pod: pod.clone(),
-                                port,
-                                source: e,
-                            };
-                            let _ = failures.send(Failed {
-                                pod: pod.clone(),
-                                port,
-                                error,
-                            });
-                            Duration::from_millis(10)
-                        }
-                        Some(delay) => (delay * 2).min(ACCEPT_BACKOFF_MAX),
-                    };
-                    backoff = Some(delay);
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
-                // The connection went away before it was accepted: nothing to do.
-                Err(e) => {
-                    debug!(%pod, port, error = %e, "accept failed");
-                    continue;
-                }
-            };
-            if backoff.take().is_some() {
-                debug!(%pod, port, "accepting again");
+    let reports = failures.clone();
+    let serve = move |conn: TcpStream, peer: SocketAddr, pod: String| {
+        let (kube, failures) = (kube.clone(), reports.clone());
+        async move {
+            if let Err(error) = relay(conn, &kube, &pod, port, &[]).await {
+                debug!(%pod, port, %peer, error = %error, "a forwarded connection failed");
+                let _ = failures.send(Failed { pod, port, error });
             }
-            let (kube, pod, failures) = (kube.clone(), pod.clone(), failures.clone());
-            let (admit, gate) = (admit.clone(), gate.clone());
-            tokio::spawn(async move {
-                if !admit.admit(peer, &gate) {
-                    // Closed at once: not this user's connection.
-                    return;
-                }
-                if let Err(error) = relay(conn, &kube, &pod, port).await {
-                    debug!(%pod, port, %peer, error = %error, "a forwarded connection failed");
-                    let _ = failures.send(Failed { pod, port, error });
-                }
-            });
         }
-    });
+    };
+    let task = tokio::spawn(accept_loop(
+        listener, pod, port, gate, admit, failures, serve,
+    ));
     Ok(Forward { local, task })
+}
+
+/// Accepts connections on `listener` (which serves `pod`'s `port`) for ever: each one `admit`
+/// lets in is handed to `serve` in a task of its own, any other is closed at once. While the
+/// process is out of descriptors (or memory), accepting pauses with backoff instead of
+/// spinning, and the first failure of each such run is reported on `failures`.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    pod: String,
+    port: u16,
+    gate: Arc<owner::Listener>,
+    admit: Arc<dyn Admit>,
+    failures: UnboundedSender<Failed>,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, String) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut backoff: Option<Duration> = None;
+    loop {
+        let (conn, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) if out_of_resources(&e) => {
+                // accept() fails at once while a connection waits in the backlog: without a
+                // pause this loop would spin. Report the first failure of a run only.
+                let delay = match backoff {
+                    None => {
+                        debug!(%pod, port, error = %e, "cannot accept; backing off");
+                        let error = ForwardError::Accept {
+                            local: gate.local,
+                            pod: pod.clone(),
+                            port,
+                            source: e,
+                        };
+                        let _ = failures.send(Failed {
+                            pod: pod.clone(),
+                            port,
+                            error,
+                        });
+                        Duration::from_millis(10)
+                    }
+                    Some(delay) => (delay * 2).min(ACCEPT_BACKOFF_MAX),
+                };
+                backoff = Some(delay);
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            // The connection went away before it was accepted: nothing to do.
+            Err(e) => {
+                debug!(%pod, port, error = %e, "accept failed");
+                continue;
+            }
+        };
+        if backoff.take().is_some() {
+            debug!(%pod, port, "accepting again");
+        }
+        let served = serve(conn, peer, pod.clone());
+        let (admit, gate) = (admit.clone(), gate.clone());
+        tokio::spawn(async move {
+            // Not this user's connection: dropped, so closed at once, before anything is spent.
+            if admit.admit(peer, &gate) {
+                served.await;
+            }
+        });
+    }
 }
 
 /// Whether an accept error means the process or system ran out of something (descriptors,
@@ -260,12 +285,27 @@ fn out_of_resources(e: &std::io::Error) -> bool {
     )
 }
 
-async fn relay(mut conn: TcpStream, kube: &Kube, pod: &str, port: u16) -> Result<(), ForwardError> {
+/// Relays `conn` to `pod`:`port` through a port-forward of its own, sending `first` (what was
+/// read of the connection already) ahead of the rest.
+pub async fn relay(
+    mut conn: TcpStream,
+    kube: &Kube,
+    pod: &str,
+    port: u16,
+    first: &[u8],
+) -> Result<(), ForwardError> {
+    use tokio::io::AsyncWriteExt as _;
     let _ = conn.set_nodelay(true);
     let Opened {
         io: mut upstream,
         refused,
     } = open_with_retries(kube, pod, port).await?;
+    if !first.is_empty() && upstream.write_all(first).await.is_err() {
+        return Err(ForwardError::Refused {
+            pod: pod.to_owned(),
+            port,
+        });
+    }
     tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut conn, &mut upstream) => {
             debug!(pod, port, ?copied, "forwarded connection ended");

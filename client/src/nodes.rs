@@ -1,6 +1,9 @@
-//! Which Erlang nodes a pod runs: asked from its epmd through a port-forward (NAMES, and
-//! PORT_PLEASE2 for a node's distribution version), or, for a node that runs without epmd,
-//! read from the pod's spec or `--dist-port`. `up` and `doctor` find them the same way.
+//! Which Erlang nodes a pod runs, and what a local node's EPMD query for each is answered
+//! with (its distribution port and protocol version): asked from the pod's epmd through
+//! port-forwards, one per EPMD query (NAMES for the nodes, PORT_PLEASE2 for each node's
+//! version, the one of the node the pod spec names side by side with NAMES), or, for a node
+//! that runs without epmd, read from the pod's spec or `--dist-port`. `up` and `doctor` find
+//! them the same way.
 
 use std::fmt;
 
@@ -9,11 +12,11 @@ use futures::future::BoxFuture;
 use tracing::debug;
 
 use crate::discover::{Epmdless, PodInfo};
-use crate::epmd::{self, AskError, Malformed, Registered};
+use crate::epmd::{self, AskError, Known, Malformed, PortInfo, Registered};
 use crate::forward::{self, ForwardError};
 use crate::k8s::Kube;
 
-/// How long asking a pod's epmd may take.
+/// How long asking a pod's epmd may take when `--request-timeout` sets no bound.
 const EPMD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// How long a refusal may follow the end of the stream it ends.
@@ -67,14 +70,16 @@ fn no_epmd(pod: &PodInfo, source: AskError) -> NodesError {
     }
 }
 
-/// The pod's nodes and how they were found: from its epmd, or, where it runs none, from what
-/// its spec (or `--dist-port`, which skips asking) says of a node without epmd.
-pub async fn find(kube: &Kube, pod: &PodInfo) -> Result<(Vec<Registered>, Found), NodesError> {
+/// The pod's nodes (name, distribution port, version) and how they were found: from its epmd,
+/// or, where it runs none, from what its spec (or `--dist-port`, which skips asking) says of
+/// a node without epmd.
+pub async fn find(kube: &Kube, pod: &PodInfo) -> Result<(Vec<Known>, Found), NodesError> {
     let from_spec = |epmdless: &Epmdless| match &pod.alive {
         Some(alive) => Ok((
-            vec![Registered {
+            vec![Known {
                 name: alive.clone(),
                 port: epmdless.port,
+                version: DIST_VERSION,
             }],
             Found::Spec(epmdless.from.clone()),
         )),
@@ -83,25 +88,56 @@ pub async fn find(kube: &Kube, pod: &PodInfo) -> Result<(Vec<Registered>, Found)
     if let Some(epmdless) = pod.epmdless.as_ref().filter(|e| e.forced) {
         return from_spec(epmdless);
     }
-    match (
-        ask(kube, pod, |s| epmd::names(s).boxed()).await,
-        &pod.epmdless,
-    ) {
-        (Ok(names), _) if !names.is_empty() => Ok((names, Found::Epmd)),
-        (Ok(_) | Err(NodesError::NoEpmd { .. }), Some(epmdless)) => from_spec(epmdless),
-        (Ok(_), None) => Err(no_epmd(pod, AskError::NoNodes)),
-        (Err(e), _) => Err(e),
+    // The node the spec names is asked for beside NAMES: no round trip waits for another.
+    let names = ask(kube, pod, |s| epmd::names(s).boxed());
+    let predicted = async {
+        match &pod.alive {
+            Some(alive) => Some((alive.clone(), port_please(kube, pod, alive).await)),
+            None => None,
+        }
+    };
+    let (names, predicted) = futures::join!(names, predicted);
+    let registered = match (names, &pod.epmdless) {
+        (Ok(names), _) if !names.is_empty() => names,
+        (Ok(_) | Err(NodesError::NoEpmd { .. }), Some(epmdless)) => return from_spec(epmdless),
+        (Ok(_), None) => return Err(no_epmd(pod, AskError::NoNodes)),
+        (Err(e), _) => return Err(e),
+    };
+    let mut known = Vec::with_capacity(registered.len());
+    for Registered { name, port } in registered {
+        let answer = match &predicted {
+            Some((alive, Ok(answer))) if *alive == name => *answer,
+            _ => port_please(kube, pod, &name).await?,
+        };
+        let version = match answer {
+            // The node restarted on another port between the two answers: this one is newer.
+            Some(info) if info.port != port => {
+                debug!(pod = %pod.name, node = %name, "the node moved between NAMES and PORT_PLEASE2");
+                info.version
+            }
+            Some(info) => info.version,
+            None => DIST_VERSION,
+        };
+        known.push(Known {
+            name,
+            port: answer.map_or(port, |a| a.port),
+            version,
+        });
     }
+    Ok((known, Found::Epmd))
 }
 
-/// The distribution version the pod's epmd gives node `alive`.
-pub async fn version(kube: &Kube, pod: &PodInfo, alive: &str) -> Result<u16, NodesError> {
+/// What the pod's epmd says of node `alive` (`None`: it knows no such node).
+async fn port_please(
+    kube: &Kube,
+    pod: &PodInfo,
+    alive: &str,
+) -> Result<Option<PortInfo>, NodesError> {
     let alive = alive.to_owned();
-    let port = ask(kube, pod, move |s| {
+    ask(kube, pod, move |s| {
         async move { epmd::port_please(s, &alive).await }.boxed()
     })
-    .await?;
-    Ok(port.map_or(DIST_VERSION, |p| p.version))
+    .await
 }
 
 /// What `query` reads from the pod's epmd, asked through a port-forward of its own.
@@ -137,8 +173,11 @@ pub async fn ask<T>(
         }
         Err(no_epmd(pod, failed))
     };
-    match tokio::time::timeout(EPMD_TIMEOUT, asked).await {
+    // Bounded by the request timeout: a pod whose epmd does not answer is retried by the
+    // bridge's plan, without holding anything else.
+    let limit = kube.timeout.unwrap_or(EPMD_TIMEOUT);
+    match tokio::time::timeout(limit, asked).await {
         Ok(result) => result,
-        Err(_) => Err(no_epmd(pod, AskError::Timeout(EPMD_TIMEOUT.as_secs()))),
+        Err(_) => Err(no_epmd(pod, AskError::Timeout(limit.as_secs()))),
     }
 }

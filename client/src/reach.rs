@@ -153,14 +153,10 @@ impl Reach {
         }
     }
 
-    /// Whether a pod's epmd port needs a forward too (a redirected `podIP:4369`).
-    pub fn forwards_epmd(&self) -> bool {
+    /// Whether pods' epmd addresses are redirected too (`podIP:4369`), to erlbridge's stand-in
+    /// for their epmd.
+    pub fn redirects_epmd(&self) -> bool {
         matches!(self.way, Way::Nat { .. })
-    }
-
-    /// Whether routes need the nodes' distribution versions.
-    pub fn needs_versions(&self) -> bool {
-        matches!(self.way, Way::Epmd { .. })
     }
 
     /// The helper session's generation; redirects of an older one must be made again.

@@ -22,6 +22,16 @@ pub enum PodState<R> {
         /// The helper session its redirects belong to.
         generation: u64,
     },
+    /// Being attached (its epmd asked, its forwards opened) in a task of its own; no other
+    /// pod's attach or heal waits for it.
+    Attaching {
+        /// The pod as it is being attached.
+        info: PodInfo,
+        /// Whether it was bridged before (then its return is a change, not an addition).
+        came_back: bool,
+        /// Whether its last attach failed (a failure again is not reported again).
+        retrying: bool,
+    },
     /// Ready, but bridging it failed; tried again at `retry_at`.
     Failing {
         /// The pod as last tried.
@@ -38,10 +48,11 @@ pub enum PodState<R> {
 /// One step the bridge takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Bridge a ready pod that is not bridged: new, back, or due for another try.
+    /// Bridge a ready pod that is not bridged: new, back, or due for another try; or attach
+    /// again one whose attach in flight is for an instance that is gone.
     Bridge(PodInfo),
-    /// The pod is bridged at an address that is no longer its own (new IP, or re-created
-    /// with a new uid): unbridge it, then bridge it as it is now.
+    /// The pod is bridged at an address that is no longer its own (new IP, re-created with a
+    /// new uid, or its Erlang container restarted): unbridge it, then bridge it as it is now.
     Rebridge(PodInfo),
     /// The pod left the target (deleted, or missing from a re-list): unbridge it.
     Drop(String),
@@ -68,10 +79,17 @@ pub fn plan<R>(
                 generation: g,
                 ..
             }) => {
-                if bridged.ip != info.ip || bridged.uid != info.uid {
+                if moved(bridged, info) {
                     actions.push(Action::Rebridge(info.clone()));
                 } else if *g != generation {
                     actions.push(Action::Remap(name.clone()));
+                }
+            }
+            Some(PodState::Attaching {
+                info: attaching, ..
+            }) => {
+                if moved(attaching, info) {
+                    actions.push(Action::Bridge(info.clone()));
                 }
             }
             Some(PodState::Failing {
@@ -88,11 +106,21 @@ pub fn plan<R>(
     }
     for (name, state) in pods {
         let left = !snapshot.contains_key(name);
-        if left && matches!(state, PodState::Bridged { .. } | PodState::Failing { .. }) {
+        let held = matches!(
+            state,
+            PodState::Bridged { .. } | PodState::Attaching { .. } | PodState::Failing { .. }
+        );
+        if left && held {
             actions.push(Action::Drop(name.clone()));
         }
     }
     actions
+}
+
+/// Whether `now` is another instance than `then`: another address, a re-created pod, or a
+/// restarted Erlang container, whose node may listen elsewhere.
+fn moved(then: &PodInfo, now: &PodInfo) -> bool {
+    then.ip != now.ip || then.uid != now.uid || then.restarts != now.restarts
 }
 
 /// When the earliest failed pod that is ready to bridge is due for another try, if any is.

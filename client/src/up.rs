@@ -257,7 +257,9 @@ async fn up(args: &BridgeArgs) -> Result<Up, UpError> {
     let cookie = crate::cookie::find(&kube, args.cookie_from.as_ref(), &ready).await?;
     let ips: Vec<IpAddr> = ready.iter().map(|p| p.ip).collect();
     let (reach, fallback) = reach(args, &format!("erlbridge up {target}"), &ips).await?;
-    let bridge = Bridge::up(kube, watch, reach).await?;
+    let mut meter = output::Meter::new(args.output, target.to_string());
+    let bridge = Bridge::up(kube, watch, reach, |p| meter.update(p.attached, p.total)).await?;
+    meter.done();
     Ok(Up {
         bridge,
         cookie,

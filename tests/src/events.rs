@@ -102,10 +102,14 @@ fn message(event: &Event) -> String {
     }
 }
 
-/// Waits for the first event but warnings (and refused connections), which must be `ready`.
+/// Waits for the first event but warnings, refused connections and progress, which must be
+/// `ready`.
 pub fn ready(up: &mut Spawned, within: Duration) -> Ready {
     match wait(up, within, |e| {
-        !matches!(e, Event::Warning { .. } | Event::ConnectionRefused { .. })
+        !matches!(
+            e,
+            Event::Warning { .. } | Event::ConnectionRefused { .. } | Event::Progress { .. }
+        )
     }) {
         Event::Ready {
             nodes,

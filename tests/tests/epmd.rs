@@ -313,16 +313,36 @@ fn kill_9_leaves_a_runtime_directory_the_next_start_removes_and_bad_input_is_cle
     assert_ne!(runtime_dir(&second), dir);
     assert!(!dir.exists(), "the next start removed it");
 
-    // An unwritable runtime directory: a clear message, nothing started.
-    let argv = s.erlbridge("up", &["app-0", "--", "true"]);
+    // XDG_RUNTIME_DIR unusable: the next place (the home's cache) is taken.
+    let argv = s.erlbridge("up", &["app-0", "--", "sh", "-c", "echo \"$ERL_AFLAGS\""]);
     let mut with_env: Vec<&str> = vec!["env", "XDG_RUNTIME_DIR=/proc/erlbridge-none"];
+    with_env.extend(argv.iter().map(String::as_str));
+    let (code, out, err) = s.ws.run_as(&s.user, &with_env).expect("run");
+    assert_eq!(code, 0, "{err}");
+    let home = s.ws.home(&s.user).expect("home");
+    assert!(
+        out.contains(&home.join(".cache/erlbridge/run").display().to_string()),
+        "{out}"
+    );
+
+    // No place at all: a clear message that names each, nothing started.
+    let mut with_env: Vec<&str> = vec![
+        "env",
+        "XDG_RUNTIME_DIR=/proc/erlbridge-none",
+        "HOME=/proc/erlbridge-none",
+        "TMPDIR=/proc/erlbridge-none",
+    ];
     with_env.extend(argv.iter().map(String::as_str));
     let (code, _, err) = s.ws.run_as(&s.user, &with_env).expect("run");
     assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("cannot use /proc/erlbridge-none/erlbridge as erlbridge's runtime directory; set XDG_RUNTIME_DIR"),
-        "{err}"
-    );
+    for place in [
+        "/proc/erlbridge-none/erlbridge",
+        "/proc/erlbridge-none/.cache/erlbridge/run",
+        &format!("/proc/erlbridge-none/erlbridge-{}", s.user.uid),
+    ] {
+        assert!(err.contains(place), "{place}: {err}");
+    }
+    assert!(err.contains("set XDG_RUNTIME_DIR (or TMPDIR)"), "{err}");
 
     // remsh with no Erlang on PATH: a clear message.
     let argv = s.erlbridge("remsh", &["app-0"]);

@@ -242,7 +242,8 @@ fn a_restarted_helper_gets_every_mapping_back() {
     );
     assert!(s.reaches(COOKIE, &app0));
 
-    // A pod whose node died: connections fail, and erlbridge says so.
+    // A pod whose node died: connections fail, and erlbridge says so. (Its epmd's answer
+    // comes from erlbridge, which knows the node's port, 9100: the connection there fails.)
     s.cluster.kill_node("app-0").expect("kill");
     assert!(!s.reaches(COOKIE, &app0));
     let unreachable = event(
@@ -252,7 +253,7 @@ fn a_restarted_helper_gets_every_mapping_back() {
     );
     assert!(
         matches!(&unreachable, Event::PodUnreachable { pod, message }
-            if pod == "app-0" && message.contains("port 4369")),
+            if pod == "app-0" && message.contains("port 9100")),
         "{unreachable:?}"
     );
 }

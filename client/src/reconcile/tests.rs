@@ -9,6 +9,7 @@ fn pod(name: &str, ip: &str, uid: &str) -> PodInfo {
         name: name.to_owned(),
         namespace: "default".to_owned(),
         uid: uid.to_owned(),
+        restarts: 0,
         ip: ip.parse().expect("ip"),
         epmd_port: 4369,
         host: ip.to_owned(),
@@ -34,6 +35,14 @@ fn failing(info: PodInfo, retry_at: Instant, came_back: bool) -> PodState<()> {
     }
 }
 
+fn attaching(info: PodInfo) -> PodState<()> {
+    PodState::Attaching {
+        info,
+        came_back: false,
+        retrying: false,
+    }
+}
+
 fn snapshot(pods: &[(&str, Result<PodInfo, &str>)]) -> Snapshot {
     pods.iter()
         .map(|(name, seen)| ((*name).to_owned(), seen.clone().map_err(ToOwned::to_owned)))
@@ -53,6 +62,14 @@ fn the_table() {
     let a0_new_ip = pod("app-0", "10.244.1.9", "u1");
     let a0_new_uid = pod("app-0", "10.244.1.8", "u2");
     let a1 = pod("app-1", "10.244.1.10", "u3");
+    let a0_restarted = PodInfo {
+        restarts: 1,
+        ..a0.clone()
+    };
+    let a0_relabelled = PodInfo {
+        env: BTreeMap::from([("OTHER".to_owned(), "x".to_owned())]),
+        ..a0.clone()
+    };
     type Case<'a> = (
         &'a str,
         Snapshot,
@@ -88,6 +105,48 @@ fn the_table() {
             state(vec![("app-0", bridged(a0.clone(), 1))]),
             1,
             vec![Action::Rebridge(a0_new_uid.clone())],
+        ),
+        (
+            "a pod whose Erlang container restarted is asked again (its node may listen elsewhere)",
+            snapshot(&[("app-0", Ok(a0_restarted.clone()))]),
+            state(vec![("app-0", bridged(a0.clone(), 1))]),
+            1,
+            vec![Action::Rebridge(a0_restarted.clone())],
+        ),
+        (
+            "a pod being attached: nothing more to do, whatever else the others need",
+            snapshot(&[("app-0", Ok(a0.clone())), ("app-1", Ok(a1.clone()))]),
+            state(vec![("app-0", attaching(a0.clone()))]),
+            1,
+            vec![Action::Bridge(a1.clone())],
+        ),
+        (
+            "a pod being attached that changed in ways that move no node: left to finish",
+            snapshot(&[("app-0", Ok(a0_relabelled))]),
+            state(vec![("app-0", attaching(a0.clone()))]),
+            1,
+            vec![],
+        ),
+        (
+            "a pod being attached that moved meanwhile is attached where it is now",
+            snapshot(&[("app-0", Ok(a0_new_ip.clone()))]),
+            state(vec![("app-0", attaching(a0.clone()))]),
+            1,
+            vec![Action::Bridge(a0_new_ip.clone())],
+        ),
+        (
+            "a pod deleted while being attached is dropped",
+            snapshot(&[]),
+            state(vec![("app-0", attaching(a0.clone()))]),
+            1,
+            vec![Action::Drop("app-0".into())],
+        ),
+        (
+            "a pod being attached when the helper restarts is not remapped: it maps when done",
+            snapshot(&[("app-0", Ok(a0.clone()))]),
+            state(vec![("app-0", attaching(a0.clone()))]),
+            2,
+            vec![],
         ),
         (
             "a deleted pod is dropped",
