@@ -88,6 +88,25 @@ pub struct Pod {
     pub cookie: String,
     /// What a peer needs to reach its node (IPv6, epmd's port, no epmd).
     pub dist: erlang::Dist,
+    /// How its node is started (again, after a container restart).
+    launch: NodeLaunch,
+    /// When the API server last showed it Running and Ready.
+    pub ready_since: Instant,
+}
+
+/// How a pod's node is started: its environment, extra flags, fixed distribution port, and
+/// whether it runs Elixir.
+#[derive(Debug, Clone)]
+struct NodeLaunch {
+    env: BTreeMap<String, String>,
+    args: Vec<String>,
+    dist_port: Option<u16>,
+    elixir: bool,
+}
+
+/// A pod whose namespace is made and whose node is starting.
+struct Launched {
+    pod: Pod,
 }
 
 impl Pod {
@@ -251,14 +270,19 @@ impl Cluster {
             home: tempfile::Builder::new().prefix("eb-pods-").tempdir()?,
             scratch: ws.scratch().to_path_buf(),
         };
+        // Every node boots at once; then each is waited for, in order.
+        let mut launched = Vec::new();
         for (kind, workload) in manifest.workloads() {
             cluster.emulator.apply_workload(workload.desc(kind));
             for i in 0..workload.replicas {
-                cluster.start_pod(workload.pod(kind, i))?;
+                launched.push(cluster.launch_pod(workload.pod(kind, i))?);
             }
         }
         for pod in manifest.pods.clone() {
-            cluster.start_pod(pod)?;
+            launched.push(cluster.launch_pod(pod)?);
+        }
+        for pod in launched {
+            cluster.finish_pod(pod)?;
         }
         for secret in manifest.secrets.clone() {
             cluster.emulator.apply_secret(secret);
@@ -320,7 +344,13 @@ impl Cluster {
 
     /// Creates the pod's namespace with new IPs, starts its node and sidecars, and shows it
     /// Running.
-    fn start_pod(&mut self, mut desc: PodDesc) -> anyhow::Result<()> {
+    fn start_pod(&mut self, desc: PodDesc) -> anyhow::Result<()> {
+        let launched = self.launch_pod(desc)?;
+        self.finish_pod(launched)
+    }
+
+    /// Creates the pod's namespace with new IPs and starts its node (not waited for).
+    fn launch_pod(&mut self, mut desc: PodDesc) -> anyhow::Result<Launched> {
         let (ip, second_ip) = self.allocate_ips(desc.ip_family);
         let ns = Netns::create("pod")?;
         self.next_link += 1;
@@ -380,50 +410,73 @@ impl Cluster {
             .as_deref()
             .map(|name| erlang::Dist::of(name, &args, &env))
             .unwrap_or_default();
+        let launch = NodeLaunch {
+            env,
+            args,
+            dist_port,
+            elixir: desc.command.first().map(String::as_str) == Some("elixir"),
+        };
         let node = match &node_name {
-            Some(name) => {
-                let home = self.home.path().join(&desc.name);
-                std::fs::create_dir_all(&home)?;
-                let mut flags = dist.node_flags();
-                flags.extend(args);
-                let argv = match desc.command.first().map(String::as_str) {
-                    Some("elixir") => {
-                        erlang::elixir_node_argv_with(name, &cookie, dist_port, &flags)
-                    }
-                    _ => {
-                        let mut argv = erlang::node_argv(name, &cookie, dist_port);
-                        argv.extend(flags);
-                        argv
-                    }
-                };
-                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-                let mut cmd = ns.command(&argv);
-                cmd.envs(&env).env("HOME", &home);
-                let mut node = Spawned::start(cmd)?;
-                wait_node(&ns, name, &dist, &mut node)?;
-                Some(node)
-            }
+            Some(name) => Some(self.start_node(&ns, &desc.name, name, &cookie, &dist, &launch)?),
             None => None,
         };
-        let sidecars = self.start_sidecars(&ns, &desc)?;
         desc.ip = Some(ip.parse()?);
         desc.second_ip = second_ip.map(|ip| ip.parse()).transpose()?;
         desc.netns = Some(ns.name().to_owned());
-        desc.phase = "Running".to_owned();
-        desc.ready = true;
-        self.emulator.apply_pod(desc.clone());
-        self.pods.insert(
-            pod_key(&desc),
-            Pod {
+        Ok(Launched {
+            pod: Pod {
                 node,
-                _sidecars: sidecars,
+                _sidecars: Vec::new(),
                 ns,
                 desc,
                 node_name,
                 cookie,
                 dist,
+                launch,
+                ready_since: Instant::now(),
             },
-        );
+        })
+    }
+
+    /// Starts a pod's Erlang node `name` in `ns` as its spec says.
+    fn start_node(
+        &self,
+        ns: &Netns,
+        pod: &str,
+        name: &str,
+        cookie: &str,
+        dist: &erlang::Dist,
+        launch: &NodeLaunch,
+    ) -> anyhow::Result<Spawned> {
+        let home = self.home.path().join(pod);
+        std::fs::create_dir_all(&home)?;
+        let mut flags = dist.node_flags();
+        flags.extend(launch.args.iter().cloned());
+        let argv = if launch.elixir {
+            erlang::elixir_node_argv_with(name, cookie, launch.dist_port, &flags)
+        } else {
+            let mut argv = erlang::node_argv(name, cookie, launch.dist_port);
+            argv.extend(flags);
+            argv
+        };
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut cmd = ns.command(&argv);
+        cmd.envs(&launch.env).env("HOME", &home);
+        Spawned::start(cmd)
+    }
+
+    /// Waits for a launched pod's node, starts its sidecars, and shows it Running.
+    fn finish_pod(&mut self, launched: Launched) -> anyhow::Result<()> {
+        let Launched { mut pod } = launched;
+        if let (Some(name), Some(node)) = (&pod.node_name, &mut pod.node) {
+            wait_node(&pod.ns, name, &pod.dist, node)?;
+        }
+        pod._sidecars = self.start_sidecars(&pod.ns, &pod.desc)?;
+        pod.desc.phase = "Running".to_owned();
+        pod.desc.ready = true;
+        self.emulator.apply_pod(pod.desc.clone());
+        pod.ready_since = Instant::now();
+        self.pods.insert(pod_key(&pod.desc), pod);
         Ok(())
     }
 
@@ -469,19 +522,28 @@ impl Cluster {
                 continue;
             };
             let first_name = first.node_name.as_deref().unwrap_or_default();
-            for pod in rest {
-                // A node that has just started listening may still be finishing its start.
-                let mut pong = String::new();
-                for _ in 0..3 {
-                    pong = pod.eval(&format!("net_adm:ping('{first_name}')"))?;
-                    if pong == "pong" {
-                        break;
-                    }
+            // The first pod's node pings every other (one probe, not one per pod); a node that
+            // has just started listening may still be finishing its start.
+            let mut waiting: Vec<String> =
+                rest.iter().filter_map(|p| p.node_name.clone()).collect();
+            for _ in 0..5 {
+                if waiting.is_empty() {
+                    break;
+                }
+                let names = waiting
+                    .iter()
+                    .map(|n| format!("'{n}'"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let answer =
+                    first.eval(&format!("[N || N <- [{names}], net_adm:ping(N) =/= pong]"))?;
+                waiting.retain(|n| answer.contains(&format!("'{n}'")));
+                if !waiting.is_empty() {
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                if pong != "pong" {
-                    bail!("{} could not reach {first_name}: {pong}", pod.desc.name);
-                }
+            }
+            if !waiting.is_empty() {
+                bail!("{first_name} could not reach {}", waiting.join(", "));
             }
         }
         Ok(())
@@ -554,6 +616,83 @@ impl Cluster {
             }
         }
         self.mesh()
+    }
+
+    /// Restarts the pod's Erlang container as the kubelet does after a crash: its node (and
+    /// epmd) die, the pod shows not Ready, then the node starts again (on `dist_port` when
+    /// given, else where it listened before), and the pod is Ready with one more restart.
+    /// Same pod, same IP. Its workload's peers are connected again.
+    pub fn restart_container(&mut self, name: &str, dist_port: Option<u16>) -> anyhow::Result<()> {
+        self.kill_node(name)?;
+        let pod = self
+            .pods
+            .get_mut(name)
+            .with_context(|| format!("no pod {name}"))?;
+        pod.desc.ready = false;
+        self.emulator.apply_pod(pod.desc.clone());
+        if let Some(port) = dist_port {
+            pod.launch.dist_port = Some(port);
+        }
+        let node_name = pod
+            .node_name
+            .clone()
+            .context("this pod runs no Erlang node")?;
+        let node = self.start_node(
+            &self.pods[name].ns,
+            name,
+            &node_name,
+            &self.pods[name].cookie,
+            &self.pods[name].dist,
+            &self.pods[name].launch,
+        )?;
+        let pod = self.pods.get_mut(name).context("the pod")?;
+        let node = pod.node.insert(node);
+        wait_node(&pod.ns, &node_name, &pod.dist, node)?;
+        pod.desc.restarts += 1;
+        pod.desc.ready = true;
+        self.emulator.apply_pod(pod.desc.clone());
+        pod.ready_since = Instant::now();
+        self.mesh()
+    }
+
+    /// Shows the pod's Erlang container as restarted (its restart count goes up) without
+    /// touching its node: what a client sees of a container restart, for a test that wants the
+    /// node as it is (say, with its epmd stopped).
+    pub fn note_container_restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let pod = self
+            .pods
+            .get_mut(name)
+            .with_context(|| format!("no pod {name}"))?;
+        pod.desc.restarts += 1;
+        self.emulator.apply_pod(pod.desc.clone());
+        Ok(())
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the pod's epmd: stopped, it takes connections into
+    /// its backlog and answers none, as an overloaded or wedged epmd does.
+    pub fn pause_epmd(&self, name: &str, paused: bool) -> anyhow::Result<()> {
+        let pod = self.pod(name);
+        let signal = if paused {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        let epmd: Vec<i32> = pod
+            .ns
+            .pids()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "epmd")
+            })
+            .collect();
+        if epmd.is_empty() {
+            bail!("pod {name} runs no epmd");
+        }
+        for pid in epmd {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)?;
+        }
+        Ok(())
     }
 
     /// Kills the pod's Erlang node (and its epmd), leaving the pod Running with nothing on its

@@ -15,6 +15,7 @@ pub mod erlang;
 pub mod events;
 pub mod helperd;
 pub mod in_cluster;
+pub mod link;
 pub mod logins;
 pub mod netns;
 pub mod package;
