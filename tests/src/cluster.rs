@@ -132,6 +132,11 @@ impl Pod {
     /// Evaluates `expr` on the pod's node (from a hidden node inside the pod, dialing it as
     /// [`Pod::dist`] says) and returns the printed result.
     pub fn eval(&self, expr: &str) -> anyhow::Result<String> {
+        self.eval_within(expr, 15_000)
+    }
+
+    /// [`Pod::eval`], waiting up to `ms` milliseconds (less than a minute) for the answer.
+    pub fn eval_within(&self, expr: &str, ms: u32) -> anyhow::Result<String> {
         let node = self
             .node_name
             .as_deref()
@@ -143,7 +148,12 @@ impl Pod {
         let probe = format!("probe{}@{host}", std::process::id());
         let flags = self.dist.peer_flags();
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let argv = erlang::eval_argv(&probe, &self.cookie, &erlang::on_node(node, expr), &flags);
+        let argv = erlang::eval_argv(
+            &probe,
+            &self.cookie,
+            &erlang::on_node_within(node, expr, ms),
+            &flags,
+        );
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut cmd = self.ns.command(&argv);
         cmd.env("HOME", "/tmp").envs(self.dist.peer_env());
@@ -522,11 +532,14 @@ impl Cluster {
                 continue;
             };
             let first_name = first.node_name.as_deref().unwrap_or_default();
-            // The first pod's node pings every other (one probe, not one per pod); a node that
-            // has just started listening may still be finishing its start.
+            // The first pod's node connects to every other at once (one probe, not one per
+            // pod; `global` then meshes them); a node that has just started listening may
+            // still be finishing its start.
             let mut waiting: Vec<String> =
                 rest.iter().filter_map(|p| p.node_name.clone()).collect();
-            for _ in 0..5 {
+            // A big cluster's `global` takes a while to settle after a node left.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
                 if waiting.is_empty() {
                     break;
                 }
@@ -535,11 +548,17 @@ impl Cluster {
                     .map(|n| format!("'{n}'"))
                     .collect::<Vec<_>>()
                     .join(",");
-                let answer =
-                    first.eval(&format!("[N || N <- [{names}], net_adm:ping(N) =/= pong]"))?;
+                let answer = first.eval_within(
+                    &format!(
+                        "Ns = [{names}], \
+                         [N || {{N, R}} <- lists:zip(Ns, erpc:multicall(Ns, erlang, node, [], 40000)), \
+                               R =/= {{ok, N}}]"
+                    ),
+                    45_000,
+                )?;
                 waiting.retain(|n| answer.contains(&format!("'{n}'")));
                 if !waiting.is_empty() {
-                    std::thread::sleep(Duration::from_millis(200));
+                    std::thread::sleep(Duration::from_millis(500));
                 }
             }
             if !waiting.is_empty() {

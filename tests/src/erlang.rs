@@ -76,7 +76,12 @@ pub fn command_args(cookie: &str, script: &str) -> Vec<String> {
 
 /// An expression that evaluates `expr` on node `node` (through erpc), for [`eval_argv`].
 pub fn on_node(node: &str, expr: &str) -> String {
-    format!("erpc:call('{node}', fun() -> {expr} end, 15000)")
+    on_node_within(node, expr, 15_000)
+}
+
+/// [`on_node`] with a bound of `ms` milliseconds (the evaluator itself stops after 60 s).
+pub fn on_node_within(node: &str, expr: &str, ms: u32) -> String {
+    format!("erpc:call('{node}', fun() -> {expr} end, {ms})")
 }
 
 /// The value printed by the evaluator: `Ok(term text)` for `{ok,Term}`, `Err` otherwise.
