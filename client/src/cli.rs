@@ -35,6 +35,12 @@ pub mod exit {
     /// `--mode nat`: this host has no route to a pod and the helper may not add a loopback
     /// alias for it.
     pub const NO_ROUTE: u8 = 10;
+    /// The pod's node cannot load what the command needs (runtime_tools for observer and top).
+    pub const POD_LACKS: u8 = 11;
+    /// This host lacks what the command needs (erl, OTP's observer and wx, a display).
+    pub const LOCAL_LACKS: u8 = 12;
+    /// `eval`: a node raised, did not answer within `--timeout`, or went down.
+    pub const EVAL_FAILED: u8 = 13;
 }
 
 const EXIT_CODES: &str = "\
@@ -49,7 +55,10 @@ Exit codes:
   7  erlbridge-helperd not running, or its socket not open to you
   8  erlbridge-helperd refused a request
   9  not ready within --ready-timeout
- 10  --mode nat, and no route to the pods on this host nor a loopback alias allowed";
+ 10  --mode nat, and no route to the pods on this host nor a loopback alias allowed
+ 11  the pod's node cannot load what the command needs (observer, top: runtime_tools)
+ 12  this host lacks what the command needs (erl; observer: erlang-observer, a display)
+ 13  eval: a node raised, did not answer within --timeout, or went down";
 
 /// erlbridge: connect local Erlang/Elixir nodes to the distributed Erlang nodes in Kubernetes
 /// pods, without sudo.
@@ -75,6 +84,22 @@ pub enum Command {
     /// when iex is missing or --erl is given. The bridge ends when the shell does.
     #[command(after_help = EXIT_CODES)]
     Remsh(RemshArgs),
+    /// Bridge, then open OTP's observer on the (first) node: its window shows the pod's node,
+    /// and closing it ends the bridge. Costs the node: the Processes tab walks every process
+    /// of it at each refresh (every 10 s by default). The node needs runtime_tools; this host
+    /// needs OTP's observer and wx (Debian: erlang-observer) and a display.
+    #[command(after_help = EXIT_CODES)]
+    Observer(ObserverArgs),
+    /// Bridge, then show a process top of the (first) node here in the terminal (OTP's etop,
+    /// text mode, tracing off); q or Ctrl-C leaves, and the bridge ends. Costs the node: each
+    /// refresh walks every process of it. The node needs runtime_tools.
+    #[command(after_help = EXIT_CODES)]
+    Top(TopArgs),
+    /// Bridge, then evaluate an Erlang expression (--elixir: an Elixir one) on every bridged
+    /// node at once and print each node's result. It runs exactly what you type on the pods'
+    /// nodes, production ones included.
+    #[command(after_help = EXIT_CODES)]
+    Eval(EvalArgs),
     /// Show the helper's version, who it thinks you are, its policy, and your live sessions.
     Status(StatusArgs),
     /// Check everything erlbridge needs and say how to fix what is wrong (exit 0: all good).
@@ -96,6 +121,9 @@ impl Command {
         match self {
             Command::Up(args) => args.bridge.output,
             Command::Remsh(args) => args.bridge.output,
+            Command::Observer(args) => args.bridge.output,
+            Command::Top(args) => args.bridge.output,
+            Command::Eval(args) => args.options.output,
             Command::Status(args) => args.output,
             Command::Doctor(args) => args.output,
             Command::Completions { .. } | Command::Man => Output::Text,
@@ -169,7 +197,9 @@ impl ClusterArgs {
     }
 }
 
-/// What to bridge and how; shared by `up` and `remsh`.
+/// What to bridge and how; shared by `up`, `remsh`, `observer` and `top` (`eval` takes its
+/// target with its expression). Everything but the target is [`BridgeOptions`], which this
+/// derefs to.
 #[derive(Debug, Args)]
 pub struct BridgeArgs {
     /// POD, pod/NAME, statefulset/NAME (sts/NAME) or deployment/NAME.
@@ -178,6 +208,22 @@ pub struct BridgeArgs {
     /// Bridge the pods this label selector picks (e.g. app=app) instead of a TARGET.
     #[arg(short = 'l', long, conflicts_with = "target")]
     pub selector: Option<String>,
+    /// How to bridge it.
+    #[command(flatten)]
+    pub options: BridgeOptions,
+}
+
+impl std::ops::Deref for BridgeArgs {
+    type Target = BridgeOptions;
+
+    fn deref(&self) -> &BridgeOptions {
+        &self.options
+    }
+}
+
+/// How to bridge a target: the cluster, the helper, the mode, the nodes and the cookie.
+#[derive(Debug, Args)]
+pub struct BridgeOptions {
     /// Where the cluster is.
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -244,12 +290,14 @@ impl NodeArgs {
     }
 }
 
-impl BridgeArgs {
+impl BridgeOptions {
     /// How the flags shape what erlbridge reads of pods.
     pub fn rules(&self) -> NodeRules {
         self.nodes.rules()
     }
+}
 
+impl BridgeArgs {
     /// The target, from TARGET or -l.
     pub fn target(&self) -> Target {
         match (&self.target, &self.selector) {
@@ -294,4 +342,104 @@ pub struct RemshArgs {
     /// The node to attach to (default: the first bridged node).
     #[arg(long)]
     pub node: Option<String>,
+}
+
+/// Which of the target's nodes `observer` and `top` look at.
+#[derive(Debug, Args)]
+pub struct PodChoice {
+    /// The pod whose node to look at (default: the target's first ready pod, by name).
+    #[arg(long, value_name = "NAME")]
+    pub pod: Option<String>,
+}
+
+/// `erlbridge observer`.
+#[derive(Debug, Args)]
+pub struct ObserverArgs {
+    /// What to bridge and how.
+    #[command(flatten)]
+    pub bridge: BridgeArgs,
+    /// Which node.
+    #[command(flatten)]
+    pub choice: PodChoice,
+}
+
+/// What `top` sorts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopSort {
+    /// Reductions since the last refresh (work done).
+    Reductions,
+    /// Memory.
+    Memory,
+    /// Message queue length.
+    #[value(name = "msg_q")]
+    MsgQ,
+}
+
+impl TopSort {
+    /// etop's name for it.
+    pub fn etop(self) -> &'static str {
+        match self {
+            TopSort::Reductions => "reductions",
+            TopSort::Memory => "memory",
+            TopSort::MsgQ => "msg_q",
+        }
+    }
+}
+
+/// `erlbridge top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// What to bridge and how.
+    #[command(flatten)]
+    pub bridge: BridgeArgs,
+    /// Which node.
+    #[command(flatten)]
+    pub choice: PodChoice,
+    /// What to sort the processes by.
+    #[arg(long, value_enum, default_value_t = TopSort::Reductions)]
+    pub sort: TopSort,
+    /// Seconds between two refreshes.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval: u64,
+    /// How many processes to show.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub lines: u64,
+}
+
+/// `erlbridge eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// TARGET (POD, sts/NAME, deployment/NAME) then the expression; with -l, the expression
+    /// alone.
+    #[arg(value_name = "TARGET EXPR", num_args = 1..=2, required = true)]
+    pub words: Vec<String>,
+    /// Evaluate on the pods this label selector picks (e.g. app=app) instead of a TARGET.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// The expression is Elixir (evaluated with Code.eval_string on each node, printed with
+    /// inspect); the nodes must run Elixir.
+    #[arg(long)]
+    pub elixir: bool,
+    /// How long each node may take to answer: 10s, 2m (a node still busy then has its
+    /// evaluation ended).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = clap::value_parser!(EvalTimeout))]
+    pub timeout: EvalTimeout,
+    /// How to bridge it.
+    #[command(flatten)]
+    pub options: BridgeOptions,
+}
+
+/// `eval --timeout`: a bound, never none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvalTimeout(pub std::time::Duration);
+
+impl std::str::FromStr for EvalTimeout {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<EvalTimeout, String> {
+        match crate::k8s::parse_timeout(text)? {
+            Some(limit) => Ok(EvalTimeout(limit)),
+            None => Err("a node must answer in some time: give more than 0".to_owned()),
+        }
+    }
 }

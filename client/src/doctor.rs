@@ -175,7 +175,7 @@ fn route_check(probes: &[IpAddr], aliases: bool) -> Check {
 }
 
 fn erlang_check() -> Check {
-    let find = crate::remsh::find_on_path;
+    let find = crate::local::find_on_path;
     match (find("erl"), find("iex")) {
         (None, None) => failed(
             "erlang",

@@ -89,6 +89,9 @@ mod tests {
             "erlbridge.1",
             "erlbridge-up.1",
             "erlbridge-remsh.1",
+            "erlbridge-observer.1",
+            "erlbridge-top.1",
+            "erlbridge-eval.1",
             "erlbridge-status.1",
         ] {
             assert!(files.contains(&name), "{name} missing from {files:?}");

@@ -55,6 +55,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => erlbridge::up::run(args).await,
             Command::Remsh(args) => erlbridge::remsh::run(args).await,
+            Command::Observer(args) => erlbridge::observer::run(args).await,
+            Command::Top(args) => erlbridge::top::run(args).await,
+            Command::Eval(args) => erlbridge::eval::run(args).await,
             Command::Status(args) => erlbridge::status::run(args.helper_socket, args.output).await,
             Command::Doctor(args) => {
                 let request = erlbridge::doctor::Request {
@@ -69,6 +72,8 @@ fn main() -> ExitCode {
             Command::Completions { .. } | Command::Man => Ok(exit::OK),
         }
     });
+    // A read of stdin in flight (top's `q`) cannot be cancelled: leave it to the exit.
+    runtime.shutdown_background();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {

@@ -89,6 +89,19 @@ pub enum Event {
         /// What is being bridged (`statefulset/app`).
         target: String,
     },
+    /// `eval`: what one node gave.
+    Eval {
+        /// The node.
+        node: String,
+        /// Its pod.
+        pod: String,
+        /// The value, as `~p` (Erlang) or `inspect` (Elixir) prints it; null on an error.
+        result: Option<String>,
+        /// `raised`, `timeout` or `nodedown` (or `interrupted`); null when it answered.
+        error: Option<String>,
+        /// What went wrong (the exception, formatted); null when it answered.
+        message: Option<String>,
+    },
     /// erlbridge-helperd went away; redirects are off until it is back.
     HelperLost,
     /// erlbridge-helperd is back and every redirect restored.
@@ -563,6 +576,17 @@ mod tests {
             (
                 Event::HelperRestored,
                 r#"{"event":"helper_restored"}"#.to_owned(),
+            ),
+            (
+                Event::Eval {
+                    node: "app@10.244.1.8".into(),
+                    pod: "app-0".into(),
+                    result: None,
+                    error: Some("raised".into()),
+                    message: Some("exception error: boom".into()),
+                },
+                r#"{"event":"eval","node":"app@10.244.1.8","pod":"app-0","result":null,"error":"raised","message":"exception error: boom"}"#
+                    .to_owned(),
             ),
             (
                 Event::Progress {

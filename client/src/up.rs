@@ -331,18 +331,8 @@ fn report_ready(args: &BridgeArgs, ready: &Ready, cookie: Option<&str>) {
             ready,
             cookie,
             args.show_cookie,
-            &local_name(args, "me"),
+            &crate::local::name(args, "me"),
         )),
-    }
-}
-
-/// The local node's name: `--name` (with 127.0.0.1 as its host when it names none), else
-/// `PREFIX-PID@127.0.0.1`, unique to this run.
-pub(crate) fn local_name(args: &BridgeArgs, prefix: &str) -> String {
-    match &args.name {
-        Some(name) if name.contains('@') => name.clone(),
-        Some(name) => format!("{name}@127.0.0.1"),
-        None => format!("{prefix}-{}@127.0.0.1", std::process::id()),
     }
 }
 

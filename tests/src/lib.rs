@@ -11,6 +11,7 @@ pub mod api_proxy;
 pub mod bins;
 pub mod cluster;
 pub mod container;
+pub mod display;
 pub mod erlang;
 pub mod events;
 pub mod helperd;

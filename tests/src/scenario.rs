@@ -94,7 +94,9 @@ impl Scenario {
     /// `erlbridge SUB ARGS`, pointed at the test cluster and helper unless ARGS say otherwise.
     pub fn erlbridge(&self, sub: &str, args: &[&str]) -> Vec<String> {
         let mut argv = vec![self.bins.path("erlbridge"), sub.to_owned()];
-        if matches!(sub, "up" | "remsh" | "doctor") && !args.contains(&"--kubeconfig") {
+        if matches!(sub, "up" | "remsh" | "doctor" | "observer" | "top" | "eval")
+            && !args.contains(&"--kubeconfig")
+        {
             argv.extend([
                 "--kubeconfig".to_owned(),
                 self.cluster.kubeconfig.display().to_string(),

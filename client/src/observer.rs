@@ -1,0 +1,67 @@
+//! The `observer` subcommand: OTP's graphical observer showing a pod's node. On OTP 26+ that
+//! is `observer:start(Node)`; OTP 25 has no such call, so the hidden local node
+//! ([`crate::local`]) starts observer and switches it to the pod's node through its own Nodes
+//! menu, as a person would, which titles the window "Observer - NODE" and moves every tab to
+//! the node. Before any window opens: a display, observer and wx here, runtime_tools on the
+//! node, each missing one a clear failure with its fix. Closing the window ends the bridge.
+
+use crate::cli::{ObserverArgs, exit};
+use crate::local::{Interrupt, LocalNode, outcome, pick, require_erl, run_beside};
+use crate::output::{self, Failure, Output};
+use crate::up::{Up, bring_up, ready_event};
+
+/// The local node's script (`-eval`): observer, switched to the node, until its window closes.
+const SCRIPT: &str = include_str!("../erlang/observer.eval");
+
+/// A display for the window, or the failure that says what to do instead.
+fn display() -> Result<(), Failure> {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    if set("DISPLAY") || set("WAYLAND_DISPLAY") {
+        return Ok(());
+    }
+    Err(Failure::new(
+        exit::LOCAL_LACKS,
+        "local_lacks",
+        "observer opens a window, and there is no display here (DISPLAY and WAYLAND_DISPLAY \
+         are unset); run it in a desktop session or with ssh -X, or use `erlbridge top TARGET` \
+         in this terminal",
+    ))
+}
+
+/// Runs `erlbridge observer`; returns the process's exit code.
+pub async fn run(args: ObserverArgs) -> Result<u8, Failure> {
+    display()?;
+    require_erl()?;
+    let output = args.bridge.output;
+    let Up {
+        mut bridge, cookie, ..
+    } = bring_up(&args.bridge).await?;
+    let ready = bridge.ready();
+    let (node, how) = pick(&ready, args.choice.pod.as_deref(), &args.bridge.target())?;
+    let local = LocalNode::new(&mut bridge, &args.bridge, cookie.as_deref(), "observer")?;
+    match output {
+        Output::Json => output::emit(&ready_event(&ready)),
+        Output::Text => eprintln!(
+            "erlbridge: opening OTP's observer on {} ({how}) from the hidden local node {} \
+             (mode {}); closing its window ends the bridge. Mind the node: the Processes tab \
+             walks every process of it at each refresh (every 10 s).",
+            node.node,
+            local.name(),
+            ready.mode
+        ),
+    }
+    let child = local
+        .script(SCRIPT, &[("EB_NODE", node.node.clone())])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| Failure::new(exit::OTHER, "local", format!("cannot start erl: {e}")))?;
+    let code = run_beside(
+        &mut bridge,
+        output,
+        child,
+        Interrupt::Both,
+        std::future::pending(),
+    )
+    .await;
+    outcome(code, &node.node)
+}

@@ -1,0 +1,51 @@
+//! The `top` subcommand: a process top of a pod's node in this terminal, OTP's etop in text
+//! mode run by the hidden local node ([`crate::local`]), with tracing off (etop's default
+//! tracing takes over the node's `dbg` and dials back to this host). `q` or Ctrl-C leaves;
+//! the terminal is restored and the bridge ends.
+
+use crate::cli::{TopArgs, exit};
+use crate::local::{
+    Interrupt, LocalNode, TerminalGuard, key, outcome, pick, require_erl, run_beside,
+};
+use crate::output::{self, Failure, Output};
+use crate::up::{Up, bring_up, ready_event};
+
+/// The local node's script (`-eval`): etop on the node, until stopped or the node goes down.
+const SCRIPT: &str = include_str!("../erlang/top.eval");
+
+/// Runs `erlbridge top`; returns the process's exit code.
+pub async fn run(args: TopArgs) -> Result<u8, Failure> {
+    require_erl()?;
+    let output = args.bridge.output;
+    let Up {
+        mut bridge, cookie, ..
+    } = bring_up(&args.bridge).await?;
+    let ready = bridge.ready();
+    let (node, how) = pick(&ready, args.choice.pod.as_deref(), &args.bridge.target())?;
+    let local = LocalNode::new(&mut bridge, &args.bridge, cookie.as_deref(), "top")?;
+    match output {
+        Output::Json => output::emit(&ready_event(&ready)),
+        Output::Text => eprintln!(
+            "erlbridge: top of {} ({how}), by {}, every {} s; q or Ctrl-C leaves. Mind the \
+             node: each refresh walks every process of it.",
+            node.node,
+            args.sort.etop(),
+            args.interval
+        ),
+    }
+    let terminal = TerminalGuard::save();
+    terminal.keys_at_once();
+    let env = [
+        ("EB_NODE", node.node.clone()),
+        ("EB_SORT", args.sort.etop().to_owned()),
+        ("EB_INTERVAL", args.interval.to_string()),
+        ("EB_LINES", args.lines.to_string()),
+    ];
+    let child = local
+        .script(SCRIPT, &env)
+        .spawn()
+        .map_err(|e| Failure::new(exit::OTHER, "local", format!("cannot start erl: {e}")))?;
+    let code = run_beside(&mut bridge, output, child, Interrupt::Both, key(b'q')).await;
+    drop(terminal);
+    outcome(code, &node.node)
+}
