@@ -227,6 +227,45 @@ fn top_shows_the_busiest_process_without_tracing_and_q_leaves_a_sane_terminal() 
         );
     }
     s.wait_no_mappings(Duration::from_secs(5));
+
+    // A StatefulSet: one node, the one --pod names; Ctrl-C ends both, and the terminal is
+    // sane again.
+    let app1 = node(&s, "app-1");
+    std::fs::remove_file(&ended).expect("rm");
+    let top = s
+        .erlbridge("top", &["sts/app", "--pod", "app-1", "--sort", "memory"])
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // (The shell goes on after an interrupted command only with a trap of its own.)
+    let script = format!(
+        "trap true INT; {top}; echo \"exit $?\" > {ended}; stty -a >> {ended}",
+        ended = ended.display()
+    );
+    let term = Terminal::start(&s.ws, &s.user, &[], &["sh".into(), "-c".into(), script]);
+    term.wait_for(&format!("'{app1}'"));
+    assert!(term.screen().contains("(pod app-1)"), "{}", term.screen());
+    term.keys(&["C-c"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&ended).is_ok_and(|t| t.contains("speed")) {
+        assert!(
+            Instant::now() < deadline,
+            "top did not end; screen:\n{}",
+            term.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let settings = std::fs::read_to_string(&ended).expect("the end");
+    assert!(settings.starts_with("exit 130"), "{settings}");
+    let flags: Vec<&str> = settings.split_whitespace().collect();
+    for sane in ["icanon", "echo", "isig"] {
+        assert!(
+            flags.contains(&sane) && !flags.contains(&format!("-{sane}").as_str()),
+            "{sane} is off: {settings}"
+        );
+    }
+    s.wait_no_mappings(Duration::from_secs(5));
 }
 
 #[test]
@@ -264,6 +303,28 @@ fn a_node_without_runtime_tools_or_a_host_without_a_display_gets_a_clear_stop() 
     let (code, out, err) = s.run(&s.user, "eval", &["bare-0", "node()"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&format!("'{bare}'")), "{out}");
+
+    // No observer here (its code taken off the local node's path): the package to install.
+    let mut observer = start(
+        &s,
+        &[
+            display.env(),
+            "ERL_AFLAGS=-eval code:del_path(observer)".to_owned(),
+        ],
+        "observer",
+        &["app-0"],
+    );
+    let code = observer.wait_exit(Duration::from_secs(60)).expect("exits");
+    let err = observer.errors().join("\n");
+    assert_eq!(code, 12, "{err}");
+    assert!(err.contains("apt install erlang-observer"), "{err}");
+    assert!(display.windows("Observer").is_empty(), "no window opened");
+
+    // --pod must name a pod of the target.
+    let (code, _, err) = s.run(&s.user, "top", &["sts/app", "--pod", "app-9"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("app-0, app-1"), "{err}");
+    s.wait_no_mappings(Duration::from_secs(5));
 }
 
 #[test]
