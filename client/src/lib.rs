@@ -25,6 +25,7 @@ pub mod helper;
 pub mod inetrc;
 pub mod k8s;
 pub mod local;
+pub mod look;
 pub mod mode;
 pub mod nodes;
 pub mod observer;

@@ -86,7 +86,7 @@ impl LocalNode {
             cmd.env("ERL_INETRC", path);
         }
         if let Some(flags) = &self.erl_flags {
-            cmd.env("ERL_AFLAGS", crate::up::with_erl_aflags(flags));
+            cmd.env("ERL_AFLAGS", with_erl_aflags(flags));
         }
         cmd
     }
@@ -100,6 +100,24 @@ impl LocalNode {
             .args(["+Bd", "+pc", "unicode", "-eval", script])
             .envs(env.iter().map(|(k, v)| (*k, v)));
         cmd
+    }
+}
+
+/// `flags` after the user's own ERL_AFLAGS, if any.
+pub fn with_erl_aflags(flags: &str) -> String {
+    match std::env::var("ERL_AFLAGS") {
+        Ok(own) if !own.trim().is_empty() => format!("{own} {flags}"),
+        _ => flags.to_owned(),
+    }
+}
+
+/// The shell's exit code for a finished command: its own, or 128+N when signal N ended it.
+pub fn shell_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(exit::OTHER),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(exit::OTHER),
+        (None, None) => exit::OTHER,
     }
 }
 
@@ -129,50 +147,6 @@ fn private_home(runtime: &Path, cookie: &str) -> std::io::Result<PathBuf> {
         .open(&path)?
         .write_all(cookie.as_bytes())?;
     Ok(home)
-}
-
-/// The node a command that looks at one node looks at: the node of `--pod` when given, else
-/// the first bridged one (pods by name); and how it was chosen, in words.
-pub fn pick(
-    ready: &Ready,
-    pod: Option<&str>,
-    target: &crate::discover::Target,
-) -> Result<(crate::bridge::BridgedNode, String), Failure> {
-    let single = matches!(target, crate::discover::Target::Pod(_));
-    match pod {
-        Some(wanted) => match ready.nodes.iter().find(|n| n.pod == wanted) {
-            Some(node) => Ok((node.clone(), format!("pod {wanted}"))),
-            None => {
-                let known: Vec<&str> = ready.nodes.iter().map(|n| n.pod.as_str()).collect();
-                Err(Failure::new(
-                    exit::NOT_FOUND,
-                    "node_not_found",
-                    format!(
-                        "--pod {wanted} is not among the bridged pods of {target}: {}",
-                        known.join(", ")
-                    ),
-                ))
-            }
-        },
-        None => {
-            let first = ready.nodes.first().cloned().ok_or_else(|| {
-                Failure::new(
-                    exit::NOT_READY,
-                    "no_node",
-                    format!("{target} has no node bridged"),
-                )
-            })?;
-            let how = if single {
-                format!("pod {}", first.pod)
-            } else {
-                format!(
-                    "pod {}, the first ready pod of {target}; --pod NAME takes another",
-                    first.pod
-                )
-            };
-            Ok((first, how))
-        }
-    }
 }
 
 /// What the exit code of one of erlbridge's local node scripts (observer, top, eval) means
@@ -314,7 +288,7 @@ pub async fn run_beside(
     let (pass, code) = loop {
         tokio::select! {
             status = child.wait() => {
-                return status.map_or(exit::OTHER, crate::up::shell_code);
+                return status.map_or(exit::OTHER, shell_code);
             }
             () = &mut heal => {}
             () = &mut quit => break (nix::sys::signal::Signal::SIGTERM, exit::OK),

@@ -6,9 +6,9 @@
 //! node, each missing one a clear failure with its fix. Closing the window ends the bridge.
 
 use crate::cli::{ObserverArgs, exit};
-use crate::local::{Interrupt, LocalNode, outcome, pick, require_erl, run_beside};
-use crate::output::{self, Failure, Output};
-use crate::up::{Up, bring_up, ready_event};
+use crate::local::{Interrupt, outcome, run_beside};
+use crate::look::{Looking, one_node};
+use crate::output::{Failure, Output};
 
 /// The local node's script (`-eval`): observer, switched to the node, until its window closes.
 const SCRIPT: &str = include_str!("../erlang/observer.eval");
@@ -31,24 +31,23 @@ fn display() -> Result<(), Failure> {
 /// Runs `erlbridge observer`; returns the process's exit code.
 pub async fn run(args: ObserverArgs) -> Result<u8, Failure> {
     display()?;
-    require_erl()?;
+    let Looking {
+        mut bridge,
+        ready,
+        node,
+        how,
+        local,
+    } = one_node(&args.bridge, args.choice.pod.as_deref(), "observer").await?;
     let output = args.bridge.output;
-    let Up {
-        mut bridge, cookie, ..
-    } = bring_up(&args.bridge).await?;
-    let ready = bridge.ready();
-    let (node, how) = pick(&ready, args.choice.pod.as_deref(), &args.bridge.target())?;
-    let local = LocalNode::new(&mut bridge, &args.bridge, cookie.as_deref(), "observer")?;
-    match output {
-        Output::Json => output::emit(&ready_event(&ready)),
-        Output::Text => eprintln!(
+    if output == Output::Text {
+        eprintln!(
             "erlbridge: opening OTP's observer on {} ({how}) from the hidden local node {} \
              (mode {}); closing its window ends the bridge. Mind the node: the Processes tab \
              walks every process of it at each refresh (every 10 s).",
             node.node,
             local.name(),
             ready.mode
-        ),
+        );
     }
     let child = local
         .script(SCRIPT, &[("EB_NODE", node.node.clone())])

@@ -4,34 +4,31 @@
 //! the terminal is restored and the bridge ends.
 
 use crate::cli::{TopArgs, exit};
-use crate::local::{
-    Interrupt, LocalNode, TerminalGuard, key, outcome, pick, require_erl, run_beside,
-};
-use crate::output::{self, Failure, Output};
-use crate::up::{Up, bring_up, ready_event};
+use crate::local::{Interrupt, TerminalGuard, key, outcome, run_beside};
+use crate::look::{Looking, one_node};
+use crate::output::{Failure, Output};
 
 /// The local node's script (`-eval`): etop on the node, until stopped or the node goes down.
 const SCRIPT: &str = include_str!("../erlang/top.eval");
 
 /// Runs `erlbridge top`; returns the process's exit code.
 pub async fn run(args: TopArgs) -> Result<u8, Failure> {
-    require_erl()?;
+    let Looking {
+        mut bridge,
+        node,
+        how,
+        local,
+        ..
+    } = one_node(&args.bridge, args.choice.pod.as_deref(), "top").await?;
     let output = args.bridge.output;
-    let Up {
-        mut bridge, cookie, ..
-    } = bring_up(&args.bridge).await?;
-    let ready = bridge.ready();
-    let (node, how) = pick(&ready, args.choice.pod.as_deref(), &args.bridge.target())?;
-    let local = LocalNode::new(&mut bridge, &args.bridge, cookie.as_deref(), "top")?;
-    match output {
-        Output::Json => output::emit(&ready_event(&ready)),
-        Output::Text => eprintln!(
+    if output == Output::Text {
+        eprintln!(
             "erlbridge: top of {} ({how}), by {}, every {} s; q or Ctrl-C leaves. Mind the \
              node: each refresh walks every process of it.",
             node.node,
             args.sort.etop(),
             args.interval
-        ),
+        );
     }
     let terminal = TerminalGuard::save();
     terminal.keys_at_once();

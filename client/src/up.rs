@@ -17,6 +17,7 @@ use crate::forward::ForwardError;
 use crate::helper::{HelperError, Link};
 use crate::k8s::K8sError;
 use crate::k8s::Kube;
+use crate::local::{shell_code, with_erl_aflags};
 use crate::mode::{Mode, ModeChoice};
 use crate::output::{self, Event, Failure, Output};
 use crate::reach::{Reach, ReachError};
@@ -433,14 +434,6 @@ pub(crate) fn command_env(ready: &Ready, cookie: Option<&str>) -> Vec<(String, S
     env
 }
 
-/// `flags` after the user's own ERL_AFLAGS, if any.
-pub(crate) fn with_erl_aflags(flags: &str) -> String {
-    match std::env::var("ERL_AFLAGS") {
-        Ok(own) if !own.trim().is_empty() => format!("{own} {flags}"),
-        _ => flags.to_owned(),
-    }
-}
-
 /// How long CMD may take to end after erlbridge passed it a signal, before it is killed.
 const COMMAND_GRACE: Duration = Duration::from_secs(5);
 
@@ -451,16 +444,6 @@ fn not_started(command: &str, e: &std::io::Error) -> (u8, String) {
         std::io::ErrorKind::NotFound => (127, format!("{command}: command not found")),
         std::io::ErrorKind::PermissionDenied => (126, format!("{command}: permission denied")),
         _ => (126, format!("{command}: cannot be executed: {e}")),
-    }
-}
-
-/// The shell's exit code for a finished command: its own, or 128+N when signal N ended it.
-pub(crate) fn shell_code(status: std::process::ExitStatus) -> u8 {
-    use std::os::unix::process::ExitStatusExt as _;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => u8::try_from(code).unwrap_or(exit::OTHER),
-        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(exit::OTHER),
-        (None, None) => exit::OTHER,
     }
 }
 

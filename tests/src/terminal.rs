@@ -111,6 +111,39 @@ impl Drop for Terminal {
     }
 }
 
+/// Waits up to `within` for `path` to hold what `stty -a` printed (a script appends it once
+/// the command under test ended), and returns the whole file.
+pub fn wait_stty(path: &std::path::Path, within: Duration, term: &Terminal) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.contains("speed")
+        {
+            // stty may still be writing.
+            std::thread::sleep(Duration::from_millis(200));
+            return std::fs::read_to_string(path).unwrap_or(text);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the command did not end; screen:\n{}",
+            term.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Panics unless `stty -a`'s `settings` show a sane terminal (lines, echo, signals on), saying
+/// `case`.
+pub fn assert_sane(settings: &str, case: &str) {
+    let flags: Vec<&str> = settings.split_whitespace().collect();
+    for sane in ["icanon", "echo", "isig"] {
+        assert!(
+            flags.contains(&sane) && !flags.contains(&format!("-{sane}").as_str()),
+            "{case}: {sane} is off: {settings}"
+        );
+    }
+}
+
 /// `arg` quoted for the shell tmux runs the command with.
 fn shell_quote(arg: &str) -> String {
     if !arg.is_empty()

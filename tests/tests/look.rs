@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use erlbridge_testbed::display::{Display, variation};
 use erlbridge_testbed::events::{self, Event};
+use erlbridge_testbed::terminal::{assert_sane, wait_stty};
 use erlbridge_testbed::{Scenario, Spawned, Terminal};
 
 const COOKIE: &str = "l00k-inside";
@@ -208,24 +209,9 @@ fn top_shows_the_busiest_process_without_tracing_and_q_leaves_a_sane_terminal() 
         "{flags,[]}"
     );
     term.keys(&["q"]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !std::fs::read_to_string(&ended).is_ok_and(|t| t.contains("speed")) {
-        assert!(
-            Instant::now() < deadline,
-            "top did not end; screen:\n{}",
-            term.screen()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let settings = std::fs::read_to_string(&ended).expect("the end");
+    let settings = wait_stty(&ended, Duration::from_secs(15), &term);
     assert!(settings.starts_with("exit 0"), "{settings}");
-    let flags: Vec<&str> = settings.split_whitespace().collect();
-    for sane in ["icanon", "echo", "isig"] {
-        assert!(
-            flags.contains(&sane) && !flags.contains(&format!("-{sane}").as_str()),
-            "{sane} is off: {settings}"
-        );
-    }
+    assert_sane(&settings, "q");
     s.wait_no_mappings(Duration::from_secs(5));
 
     // A StatefulSet: one node, the one --pod names; Ctrl-C ends both, and the terminal is
@@ -247,24 +233,9 @@ fn top_shows_the_busiest_process_without_tracing_and_q_leaves_a_sane_terminal() 
     term.wait_for(&format!("'{app1}'"));
     assert!(term.screen().contains("(pod app-1)"), "{}", term.screen());
     term.keys(&["C-c"]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !std::fs::read_to_string(&ended).is_ok_and(|t| t.contains("speed")) {
-        assert!(
-            Instant::now() < deadline,
-            "top did not end; screen:\n{}",
-            term.screen()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let settings = std::fs::read_to_string(&ended).expect("the end");
+    let settings = wait_stty(&ended, Duration::from_secs(15), &term);
     assert!(settings.starts_with("exit 130"), "{settings}");
-    let flags: Vec<&str> = settings.split_whitespace().collect();
-    for sane in ["icanon", "echo", "isig"] {
-        assert!(
-            flags.contains(&sane) && !flags.contains(&format!("-{sane}").as_str()),
-            "{sane} is off: {settings}"
-        );
-    }
+    assert_sane(&settings, "Ctrl-C");
     s.wait_no_mappings(Duration::from_secs(5));
 }
 

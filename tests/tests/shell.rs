@@ -3,8 +3,9 @@
 //! second shell or bridge for a pod another erlbridge of the user already bridges. Helper as
 //! root, the rest as an unprivileged uid.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use erlbridge_testbed::terminal::{assert_sane, wait_stty};
 use erlbridge_testbed::{Scenario, Terminal};
 use nix::sys::signal::Signal;
 
@@ -128,24 +129,8 @@ fn the_terminal_is_sane_however_remsh_ends() {
             pid_of(&s, "/erlbridge", &["remsh"])
         };
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), end).expect("signal");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !stty.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "{case}: erlbridge did not end; screen:\n{}",
-                term.screen()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        let settings = std::fs::read_to_string(&stty).expect("stty -a");
-        let flags: Vec<&str> = settings.split_whitespace().collect();
-        for sane in ["icanon", "echo", "isig"] {
-            assert!(
-                flags.contains(&sane) && !flags.contains(&format!("-{sane}").as_str()),
-                "{case}: {sane} is off: {settings}"
-            );
-        }
+        let settings = wait_stty(&stty, Duration::from_secs(15), &term);
+        assert_sane(&settings, case);
         s.wait_no_mappings(Duration::from_secs(2));
     }
 }
