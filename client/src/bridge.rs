@@ -36,6 +36,8 @@ use crate::watch::PodWatch;
 
 pub mod attach;
 
+/// How often a start tells its progress while nothing else changes.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// How long a pod that could not be bridged waits before the next try.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// The longest wait between two tries to reach a helper that went away.
@@ -213,7 +215,8 @@ struct Attached {
 
 impl Bridge {
     /// Bridges every ready pod of the watch's first snapshot, [`attach::parallel`] at a time,
-    /// telling `progress` after each; returns once each is reachable. A pod that cannot be
+    /// telling `progress` after each (and every quarter of a second); returns once each is
+    /// reachable. A pod that cannot be
     /// bridged fails the whole bridge, which then leaves nothing behind (the attaches still in
     /// flight stop, their listeners close).
     pub async fn up(
@@ -250,24 +253,24 @@ impl Bridge {
             }
         }
         let total = bridge.inflight.len();
-        progress(Progress { attached: 0, total });
         let mut attached = 0;
-        while let Some(done) = next(&mut bridge.tasks).await {
-            bridge.inflight.remove(&done.pod);
-            let Some(PodState::Attaching { info, .. }) = bridge.pods.remove(&done.pod) else {
-                continue;
-            };
-            let held = bridge.commit(&info, done.result?).await?;
-            bridge.pods.insert(
-                info.name.clone(),
-                PodState::Bridged {
-                    info,
-                    held,
-                    generation,
-                },
-            );
-            attached += 1;
+        // Progress is told after each attach, and again every so often, so that the last word
+        // on it is never one a throttled reporter let pass.
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        loop {
             progress(Progress { attached, total });
+            tokio::select! {
+                done = next(&mut bridge.tasks) => match done {
+                    None => break,
+                    // The one way an attach ends, here too; a failure ends the start.
+                    Some(done) => match bridge.attached(done).await {
+                        Some(Change::PodUnreachable { error, .. }) => return Err(error),
+                        Some(_) => attached += 1,
+                        None => {}
+                    },
+                },
+                _ = tick.tick() => {}
+            }
         }
         bridge.publish()?;
         info!(pods = bridge.pods.len(), mode = %bridge.reach.mode(), "bridged");

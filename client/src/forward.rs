@@ -77,6 +77,17 @@ pub enum ForwardError {
         /// The port.
         port: u16,
     },
+    /// The port-forward broke while erlbridge wrote to it.
+    #[error("the port-forward to pod {pod} port {port} broke")]
+    Broken {
+        /// The pod.
+        pod: String,
+        /// The port.
+        port: u16,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The local listener could not be bound.
     #[error("cannot listen on a local loopback port")]
     Listen(#[source] std::io::Error),
@@ -300,10 +311,11 @@ pub async fn relay(
         io: mut upstream,
         refused,
     } = open_with_retries(kube, pod, port).await?;
-    if !first.is_empty() && upstream.write_all(first).await.is_err() {
-        return Err(ForwardError::Refused {
+    if let Err(source) = upstream.write_all(first).await {
+        return Err(ForwardError::Broken {
             pod: pod.to_owned(),
             port,
+            source,
         });
     }
     tokio::select! {

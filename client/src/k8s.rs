@@ -377,7 +377,12 @@ pub async fn connect(opts: &ClusterOptions) -> Result<Kube, K8sError> {
         context: opts.context.clone(),
         ..KubeConfigOptions::default()
     };
-    let mut config = match (&opts.kubeconfig, from_env()?) {
+    // KUBECONFIG counts only without --kubeconfig, as for kubectl.
+    let listed = match &opts.kubeconfig {
+        Some(_) => None,
+        None => from_env()?,
+    };
+    let mut config = match (&opts.kubeconfig, listed) {
         (Some(path), _) => {
             let kubeconfig = Kubeconfig::read_from(path).map_err(|e| K8sError::Kubeconfig {
                 path: path.clone(),

@@ -37,6 +37,7 @@ pub mod remsh;
 pub mod route;
 pub mod runtime;
 pub mod status;
+pub mod terminal;
 pub mod top;
 pub mod up;
 pub mod watch;

@@ -8,12 +8,10 @@
 //! passed on.
 
 use std::future::Future;
-use std::os::fd::AsFd as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::termios::{self, SetArg, Termios};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -81,7 +79,10 @@ impl LocalNode {
     /// ERL_INETRC or flags (after the user's own ERL_AFLAGS). The caller adds the name.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        cmd.env("HOME", &self.home).kill_on_drop(true);
+        // A crash dump holds the atom table, the cookie with it, in a file others may read.
+        cmd.env("HOME", &self.home)
+            .env("ERL_CRASH_DUMP_SECONDS", "0")
+            .kill_on_drop(true);
         if let Some(path) = &self.inetrc {
             cmd.env("ERL_INETRC", path);
         }
@@ -179,6 +180,22 @@ pub fn outcome(code: u8, node: &str) -> Result<u8, Failure> {
                  needs nothing of it"
             ),
         )),
+        4 => Err(Failure::new(
+            exit::OTHER,
+            "local",
+            format!("etop stopped watching {node} (it said why, above)"),
+        )),
+        10 => Err(Failure::new(
+            exit::OTHER,
+            "local",
+            format!("the local node failed while acting on {node} (its error is above)"),
+        )),
+        11 => Err(Failure::new(
+            exit::LOCAL_LACKS,
+            "local_lacks",
+            "observer could not open its window on this display: check that the display \
+             (DISPLAY) is reachable, or use `erlbridge top TARGET` in a terminal",
+        )),
         7 => Err(Failure::new(
             exit::LOCAL_LACKS,
             "local_lacks",
@@ -213,37 +230,6 @@ pub fn require_erl() -> Result<(), Failure> {
             "local_lacks",
             "erl is not on PATH; install Erlang (apt install erlang-base) or Elixir",
         )),
-    }
-}
-
-/// The terminal's settings, put back when dropped: a local node killed mid-way (or a key
-/// reader) leaves it raw.
-pub struct TerminalGuard(Option<Termios>);
-
-impl TerminalGuard {
-    /// Saves the settings of the terminal on stdin, if it is one.
-    pub fn save() -> TerminalGuard {
-        TerminalGuard(termios::tcgetattr(std::io::stdin().as_fd()).ok())
-    }
-
-    /// Reads keys one at a time, unechoed (Ctrl-C still interrupts); put back when dropped.
-    pub fn keys_at_once(&self) {
-        if let Some(saved) = &self.0 {
-            let mut raw = saved.clone();
-            raw.local_flags
-                .remove(termios::LocalFlags::ICANON | termios::LocalFlags::ECHO);
-            raw.control_chars[termios::SpecialCharacterIndices::VMIN as usize] = 1;
-            raw.control_chars[termios::SpecialCharacterIndices::VTIME as usize] = 0;
-            let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, &raw);
-        }
-    }
-}
-
-impl Drop for TerminalGuard {
-    fn drop(&mut self) {
-        if let Some(saved) = &self.0 {
-            let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, saved);
-        }
     }
 }
 
@@ -306,21 +292,6 @@ pub async fn run_beside(
         let _ = child.kill().await;
     }
     code
-}
-
-/// Completes when `key` is typed on stdin (read as it comes); never when stdin ends or is
-/// not readable.
-pub async fn key(key: u8) {
-    use tokio::io::AsyncReadExt as _;
-    let mut stdin = tokio::io::stdin();
-    let mut byte = [0u8; 1];
-    loop {
-        match stdin.read(&mut byte).await {
-            Ok(1) if byte[0] == key => return,
-            Ok(1) => {}
-            _ => std::future::pending().await,
-        }
-    }
 }
 
 #[cfg(test)]

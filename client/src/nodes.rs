@@ -89,11 +89,12 @@ pub async fn find(kube: &Kube, pod: &PodInfo) -> Result<(Vec<Known>, Found), Nod
         return from_spec(epmdless);
     }
     // The node the spec names is asked for beside NAMES: no round trip waits for another.
+    // (Not where the spec says the node may run without epmd: that costs a second failure.)
     let names = ask(kube, pod, |s| epmd::names(s).boxed());
     let predicted = async {
-        match &pod.alive {
-            Some(alive) => Some((alive.clone(), port_please(kube, pod, alive).await)),
-            None => None,
+        match (&pod.alive, &pod.epmdless) {
+            (Some(alive), None) => Some((alive.clone(), port_please(kube, pod, alive).await)),
+            _ => None,
         }
     };
     let (names, predicted) = futures::join!(names, predicted);

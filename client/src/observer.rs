@@ -41,9 +41,10 @@ pub async fn run(args: ObserverArgs) -> Result<u8, Failure> {
     let output = args.bridge.output;
     if output == Output::Text {
         eprintln!(
-            "erlbridge: opening OTP's observer on {} ({how}) from the hidden local node {} \
-             (mode {}); closing its window ends the bridge. Mind the node: the Processes tab \
-             walks every process of it at each refresh (every 10 s).",
+            "erlbridge: OTP's observer for {} ({how}), from the hidden local node {} (mode \
+             {}): its window opens once the node is found to have runtime_tools, and closing \
+             it ends the bridge. Mind the node: the Processes tab walks every process of it at \
+             each refresh (every 10 s).",
             node.node,
             local.name(),
             ready.mode

@@ -6,10 +6,11 @@
 //! and spend that person's API credentials on each try.
 //!
 //! The owner of the connecting socket comes from the kernel's socket table ([`diag`], through
-//! NETLINK_SOCK_DIAG), looked up by the socket's own source address and port, as the accepted
-//! connection's peer address shows them. That holds in both modes: in nat mode the helper's
-//! DNAT rewrote packets, not sockets, so the connecting socket still names the pod address as
-//! its destination, not the listener's. A connection whose owner cannot be found is refused.
+//! NETLINK_SOCK_DIAG), looked up by the socket's own address pair: its source address and port
+//! (as the accepted connection's peer address shows them) and the destination it dialed. In
+//! nat mode the helper's DNAT rewrote packets, not sockets, so that destination is the pod
+//! address the listener stands for, not the listener's; otherwise the listener itself. A
+//! connection whose owner cannot be found that way is refused.
 //! Each refused uid is reported once per run ([`OwnerOnly`]), so a flood cannot flood the
 //! output; the check happens before anything is spent on the connection (no port-forward).
 
@@ -150,21 +151,17 @@ mod tests {
     }
 
     #[test]
-    fn a_socket_that_dialed_elsewhere_is_found_by_its_source() {
+    fn a_socket_is_found_by_its_source_and_the_destination_it_dialed() {
         let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let _client = std::net::TcpStream::connect(server.local_addr().unwrap()).unwrap();
+        let local = server.local_addr().unwrap();
+        let _client = std::net::TcpStream::connect(local).unwrap();
         let (_accepted, peer) = server.accept().unwrap();
-        // No expected destination matches (as for another user's own redirect): the dump finds
-        // the socket by its source address and port.
+        let me = Some(nix::unistd::geteuid().as_raw());
         let elsewhere: SocketAddr = "10.9.9.9:4369".parse().unwrap();
-        assert_eq!(
-            owner_of(peer, &[elsewhere]).unwrap(),
-            Some(nix::unistd::geteuid().as_raw())
-        );
-        assert_eq!(
-            owner_of(peer, &[]).unwrap(),
-            Some(nix::unistd::geteuid().as_raw())
-        );
+        // The pod address first (nat mode's redirect), then the listener: either finds it.
+        assert_eq!(owner_of(peer, &[elsewhere, local]).unwrap(), me);
+        // A socket that dialed neither (another user's own redirect) is not found.
+        assert_eq!(owner_of(peer, &[elsewhere]).unwrap(), None);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! the shell's exit code; Ctrl-C stays the shell's.
 
 use crate::cli::{RemshArgs, exit};
-use crate::local::{Interrupt, LocalNode, TerminalGuard, find_on_path, run_beside};
+use crate::local::{Interrupt, LocalNode, find_on_path, run_beside};
 use crate::output::{self, Failure, Output};
+use crate::terminal::TerminalGuard;
 use crate::up::{Up, bring_up, ready_event};
 
 /// The shell's command line for attaching `local` to `node`.

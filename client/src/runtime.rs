@@ -165,12 +165,45 @@ fn base(places: &[(PathBuf, bool)]) -> Result<PathBuf, RuntimeError> {
         match std::fs::symlink_metadata(path) {
             Ok(meta) => {
                 check_private(path, &meta)?;
-                return Ok(path.clone());
+                // Private, but only as safe as the directories above it, which must not let
+                // anyone else move it away after this check (HOME=/tmp, say, with a .cache
+                // someone else made).
+                match safe_above(path) {
+                    Ok(()) => return Ok(path.clone()),
+                    Err(e) => failed.push((path.clone(), e)),
+                }
             }
             Err(e) => failed.push((path.clone(), e)),
         }
     }
     Err(RuntimeError::Nowhere(failed))
+}
+
+/// Whether every directory above `path` (symbolic links resolved) is this user's or root's and
+/// closed to others' writes, or sticky (as /tmp): then nobody else can rename `path` or put
+/// something in its place. The error says which is not.
+fn safe_above(path: &Path) -> std::io::Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    let resolved = std::fs::canonicalize(path)?;
+    for dir in resolved.ancestors().skip(1) {
+        let meta = std::fs::metadata(dir)?;
+        let mode = meta.permissions().mode();
+        let open = mode & 0o022 != 0 && mode & 0o1000 == 0;
+        if (meta.uid() != me && meta.uid() != 0) || open {
+            return Err(std::io::Error::other(format!(
+                "{} above it is {} (owner uid {}, mode {:o}), so others could move it away",
+                dir.display(),
+                if open {
+                    "writable by others"
+                } else {
+                    "someone else's"
+                },
+                meta.uid(),
+                mode & 0o7777
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A directory (not a link to one), this user's, closed to others.
@@ -286,6 +319,38 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_place_under_a_directory_others_control_is_passed_over() {
+        let scratch = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // HOME in a shared place, where someone else made .cache first.
+        let theirs = scratch.path().join("home/.cache");
+        std::fs::create_dir_all(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(12345), None).unwrap();
+        let home = (theirs.join("erlbridge/run"), true);
+        // A world-writable directory that is not sticky, the same.
+        let open = scratch.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let in_open = (open.join("erlbridge-1000"), false);
+        // A sticky one (as /tmp) is fine.
+        let sticky = scratch.path().join("tmp");
+        std::fs::create_dir(&sticky).unwrap();
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let tmp = (sticky.join("erlbridge-1000"), false);
+
+        assert_eq!(
+            base(&[home.clone(), in_open.clone(), tmp.clone()]).unwrap(),
+            tmp.0
+        );
+        let nowhere = base(&[home, in_open]).unwrap_err().to_string();
+        assert!(
+            nowhere.contains("someone else's (owner uid 12345")
+                && nowhere.contains("writable by others"),
+            "{nowhere}"
+        );
     }
 
     #[test]

@@ -4,15 +4,24 @@
 //! the terminal is restored and the bridge ends.
 
 use crate::cli::{TopArgs, exit};
-use crate::local::{Interrupt, TerminalGuard, key, outcome, run_beside};
+use crate::local::{Interrupt, outcome, run_beside};
 use crate::look::{Looking, one_node};
 use crate::output::{Failure, Output};
+use crate::terminal::{TerminalGuard, key};
 
 /// The local node's script (`-eval`): etop on the node, until stopped or the node goes down.
 const SCRIPT: &str = include_str!("../erlang/top.eval");
 
 /// Runs `erlbridge top`; returns the process's exit code.
 pub async fn run(args: TopArgs) -> Result<u8, Failure> {
+    if args.bridge.output == Output::Json {
+        return Err(Failure::new(
+            exit::USAGE,
+            "usage",
+            "top draws on the terminal, so it has no --output json; for scripts, `erlbridge \
+             eval TARGET EXPR --output json` answers from every node",
+        ));
+    }
     let Looking {
         mut bridge,
         node,

@@ -78,9 +78,9 @@ pub fn classify(e: &UpError) -> (u8, &'static str) {
         {
             (exit::FORBIDDEN, "kubernetes_forbidden")
         }
-        UpError::Bridge(BridgeError::Forward(ForwardError::Api { .. })) => {
-            (exit::KUBERNETES, "kubernetes")
-        }
+        UpError::Bridge(BridgeError::Forward(
+            ForwardError::Api { .. } | ForwardError::Broken { .. },
+        )) => (exit::KUBERNETES, "kubernetes"),
         UpError::Bridge(
             BridgeError::Forward(ForwardError::Refused { .. }) | BridgeError::Nodes(_),
         ) => (exit::NOT_READY, "no_epmd"),

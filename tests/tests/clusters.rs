@@ -166,6 +166,12 @@ fn contexts_and_several_kubeconfig_files_resolve_as_kubectls() {
         err.contains("none of the files KUBECONFIG lists exists"),
         "{err}"
     );
+    // --kubeconfig wins over KUBECONFIG, broken or not, as for kubectl.
+    let env = format!("KUBECONFIG={}", broken.display());
+    let mut args = vec!["app-0", "--kubeconfig", &whole];
+    args.extend(REACH_CMD);
+    let (code, out, err) = up_with_env(&s, &[&env], &args);
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 #[test]

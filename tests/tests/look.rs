@@ -55,7 +55,9 @@ fn start(s: &Scenario, env: &[String], sub: &str, args: &[&str]) -> Spawned {
     argv.extend(env.iter().cloned());
     argv.extend(s.erlbridge(sub, args));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    Spawned::start_capturing(s.ws.command_as(&s.user, &argv).expect("command")).expect("erlbridge")
+    let mut cmd = s.ws.command_as(&s.user, &argv).expect("command");
+    cmd.current_dir(s.ws.home(&s.user).expect("home"));
+    Spawned::start_capturing(cmd).expect("erlbridge")
 }
 
 /// Where the screenshots go (the README's picture is taken from here).
@@ -116,7 +118,7 @@ fn observer_shows_the_pods_node_and_closing_it_ends_the_bridge() {
     assert_eq!(title, wanted);
     let said = observer.errors().join("\n");
     assert!(
-        said.contains(&format!("opening OTP's observer on {app0}")),
+        said.contains(&format!("OTP's observer for {app0}")),
         "{said}"
     );
     // The pod's node sees the hidden local node, and its observer_backend called from it.
@@ -254,6 +256,28 @@ fn a_node_without_runtime_tools_or_a_host_without_a_display_gets_a_clear_stop() 
     );
     assert_eq!(s.mappings(), 0);
 
+    // top draws on the terminal: no JSON of it.
+    let (code, out, err) = s.run(&s.user, "top", &["app-0", "--output", "json"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        matches!(events::all(&out).as_slice(), [Event::Error { message, .. }] if message.contains("no --output json")),
+        "{out}"
+    );
+
+    // A display that is set but gone: a clear failure, and no crash dump (it would hold the
+    // cookie) where the user stands.
+    let home = s.ws.home(&s.user).expect("home");
+    let mut observer = start(&s, &["DISPLAY=:999".to_owned()], "observer", &["app-0"]);
+    let code = observer.wait_exit(Duration::from_secs(60)).expect("exits");
+    let err = observer.errors().join("\n");
+    assert_eq!(code, 12, "{err}");
+    assert!(err.contains("could not open its window"), "{err}");
+    assert!(
+        !home.join("erl_crash.dump").exists(),
+        "a crash dump in {home:?}"
+    );
+    s.wait_no_mappings(Duration::from_secs(5));
+
     // A node that cannot load runtime_tools: observer and top stop with the fix, no window.
     let display = Display::start(&s.ws, 302).expect("Xvfb");
     let mut observer = start(&s, &[display.env()], "observer", &["bare-0"]);
@@ -367,9 +391,19 @@ fn eval_runs_on_every_node_and_says_which_raised_or_timed_out() {
         "eval",
         &["app-0", "timer:sleep(4000), late", "--timeout", "2s"],
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    let lines = command_lines(&s);
-    assert!(lines.iter().any(|l| l.contains("beam")), "{lines:?}");
+    // Once its local node runs (its name holds "eval-"), no command line holds the cookie.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        let lines = command_lines(&s);
+        if lines
+            .iter()
+            .any(|l| l.contains("beam") && l.contains("eval-"))
+        {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "no local node: {lines:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         lines.iter().all(|l| !l.contains(COOKIE)),
         "the cookie is on a command line: {lines:?}"

@@ -160,10 +160,21 @@ fn a_big_statefulset_over_a_slow_link_attaches_side_by_side_and_heals_pod_by_pod
             &kubeconfig,
             "--ready-timeout",
             "3",
+            "--output",
+            "json",
         ],
     );
     assert_eq!(code, 9, "{out}{err}");
     assert!(started.elapsed() < Duration::from_secs(8));
+    // Every other pod was attached while the hanging one waited.
+    let attached: Vec<usize> = events::all(&out)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Progress { attached, .. } => Some(attached),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attached.last(), Some(&(BIG - 1)), "{out}");
     let forwards = requests_since(&s, before)
         .iter()
         .filter(|r| r.is_port_forward())

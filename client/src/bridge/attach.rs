@@ -21,9 +21,10 @@ use crate::nodes::{self, Found};
 use crate::owner::Admit;
 
 /// How many pods are attached at once, unless `ERLBRIDGE_PARALLEL_ATTACHES` says otherwise:
-/// each attach is two port-forwards (the pod's epmd asked twice, side by side), so at most 32
-/// upgrades are in flight against the API server and the kubelets, which they take in stride,
-/// and a 100-pod StatefulSet 50 ms away is attached in about a second and a half.
+/// a pod running one node costs two port-forwards (its epmd asked for the list and for the
+/// node, side by side), so about 32 upgrades are in flight against the API server and the
+/// kubelets, which they take in stride, and a 100-pod StatefulSet 50 ms away is attached in
+/// about a second and a half.
 pub const PARALLEL: usize = 16;
 
 /// The environment variable that sets how many pods are attached at once (1 and up).

@@ -2,20 +2,18 @@
 //! owner of the socket that connected from a given source address and port. Any user may ask;
 //! nothing is sent on the network.
 //!
-//! First an exact lookup for each destination the caller expects the socket to have dialed
-//! (the listener itself, or the pod address a redirect rewrote); a socket whose destination is
-//! neither (someone else's redirect) is then found in a dump of the connected sockets of the
-//! family, matched on its source alone. Several sockets with that source and different owners
-//! mean no answer.
+//! The socket is looked up by its own address pair: the source the accepted connection's peer
+//! shows, and each destination it may have dialed (the listener itself, or the pod address a
+//! redirect of this user's rewrote: NAT rewrites packets, not sockets). Each is one hash
+//! lookup in the kernel, whatever the number of sockets on the host; a socket that dialed
+//! anything else (another user's own redirect) is not found, so its connection is refused as
+//! one whose owner is unknown.
 
-use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
 use netlink_packet_sock_diag::inet::{
@@ -24,7 +22,7 @@ use netlink_packet_sock_diag::inet::{
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 
 /// How long the kernel may take to answer (it answers at once; this only bounds a surprise).
-const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+const ANSWER_WITHIN: Duration = Duration::from_millis(100);
 
 /// The states of a socket whose connection was accepted and not yet torn down on its side.
 fn connected() -> StateFlags {
@@ -36,56 +34,37 @@ fn connected() -> StateFlags {
         | StateFlags::CLOSING
 }
 
-/// The uid owning the connected TCP socket whose source is `peer`; `dialed` are the
-/// destinations it probably has. `None` when no such socket exists, or several with different
-/// owners do.
+/// The uid owning the connected TCP socket from `peer` to one of `dialed`; `None` when there
+/// is none (it closed already, or dialed elsewhere).
 pub fn find(peer: SocketAddr, dialed: &[SocketAddr]) -> io::Result<Option<u32>> {
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let mut table = Table::open()?;
     for dst in dialed.iter().filter(|d| d.is_ipv4() == peer.is_ipv4()) {
-        let found = table.ask(request(peer, Some(*dst)), false)?;
-        if let Some(socket) = found.iter().find(|s| is_connected(s)) {
+        if let Some(socket) = table.lookup(peer, *dst)?
+            && is_connected(&socket)
+        {
             return Ok(Some(socket.uid));
         }
     }
-    let owners: BTreeSet<u32> = table
-        .ask(request(peer, None), true)?
-        .iter()
-        .filter(|s| is_connected(s) && source(s) == peer)
-        .map(|s| s.uid)
-        .collect();
-    Ok(match owners.len() {
-        1 => owners.first().copied(),
-        _ => None,
-    })
+    Ok(None)
 }
 
 fn is_connected(socket: &InetResponseHeader) -> bool {
     u32::from(socket.state) < 32 && connected().bits() & (1 << socket.state) != 0
 }
 
-fn source(socket: &InetResponseHeader) -> SocketAddr {
-    SocketAddr::new(
-        socket.socket_id.source_address,
-        socket.socket_id.source_port,
-    )
-}
-
-/// A lookup of the socket from `peer` to `dst`, or (`dst` none) a dump of the connected
-/// sockets of `peer`'s family.
-fn request(peer: SocketAddr, dst: Option<SocketAddr>) -> InetRequest {
+/// A lookup of the socket from `peer` to `dst`.
+fn request(peer: SocketAddr, dst: SocketAddr) -> InetRequest {
     let mut socket_id = match peer {
         SocketAddr::V4(_) => SocketId::new_v4(),
         SocketAddr::V6(_) => SocketId::new_v6(),
     };
-    if let Some(dst) = dst {
-        socket_id.source_address = peer.ip();
-        socket_id.source_port = peer.port();
-        socket_id.destination_address = dst.ip();
-        socket_id.destination_port = dst.port();
-        // No cookie: the addresses identify the socket.
-        socket_id.cookie = [0xff; 8];
-    }
+    socket_id.source_address = peer.ip();
+    socket_id.source_port = peer.port();
+    socket_id.destination_address = dst.ip();
+    socket_id.destination_port = dst.port();
+    // No cookie: the addresses identify the socket.
+    socket_id.cookie = [0xff; 8];
     InetRequest {
         family: if peer.is_ipv4() { AF_INET } else { AF_INET6 },
         protocol: IPPROTO_TCP,
@@ -106,61 +85,43 @@ impl Table {
         nix::sys::socket::setsockopt(
             &socket,
             nix::sys::socket::sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(i64::try_from(ANSWER_WITHIN.as_secs()).unwrap_or(1), 0),
+            &nix::sys::time::TimeVal::new(
+                0,
+                i64::try_from(ANSWER_WITHIN.as_micros()).unwrap_or(100_000),
+            ),
         )?;
         Ok(Table(socket))
     }
 
-    /// Sends `request` and reads the sockets of the answer: one (or none) for a lookup, every
-    /// matching one for a dump.
-    fn ask(&mut self, request: InetRequest, dump: bool) -> io::Result<Vec<InetResponseHeader>> {
-        let mut header = NetlinkHeader::default();
-        header.flags = if dump {
-            NLM_F_REQUEST | NLM_F_DUMP
-        } else {
-            NLM_F_REQUEST
-        };
-        let mut packet = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
+    /// The socket from `peer` to `dst`, if there is one.
+    fn lookup(
+        &mut self,
+        peer: SocketAddr,
+        dst: SocketAddr,
+    ) -> io::Result<Option<InetResponseHeader>> {
+        let mut packet = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            SockDiagMessage::InetRequest(request(peer, dst)).into(),
+        );
+        packet.header.flags = NLM_F_REQUEST;
         packet.finalize();
         let mut bytes = vec![0; packet.buffer_len()];
         packet.serialize(&mut bytes);
         self.0.send(&bytes, 0)?;
-
-        let mut found = Vec::new();
-        let mut buffer = vec![0; 64 * 1024];
-        loop {
-            let size = self.0.recv(&mut &mut buffer[..], 0)?;
-            let mut offset = 0;
-            while offset < size {
-                let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buffer[offset..size])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let length = message.header.length as usize;
-                match message.payload {
-                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                        found.push(response.header);
-                        if !dump {
-                            return Ok(found);
-                        }
-                    }
-                    NetlinkPayload::Done(_) => return Ok(found),
-                    NetlinkPayload::Error(error) => {
-                        return match error.code.map(|c| -c.get()) {
-                            // No such socket, or an acknowledgement.
-                            None | Some(libc::ENOENT) => Ok(found),
-                            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
-                        };
-                    }
-                    _ => {}
-                }
-                if length == 0 {
-                    break;
-                }
-                // Messages are aligned to 4 bytes.
-                offset += (length + 3) & !3;
+        // The kernel answers a lookup with one message: the socket, or an error (ENOENT: none).
+        let mut buffer = vec![0; 8 * 1024];
+        let size = self.0.recv(&mut &mut buffer[..], 0)?;
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buffer[..size])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        match message.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                Ok(Some(response.header))
             }
-            if !dump {
-                return Ok(found);
-            }
+            NetlinkPayload::Error(error) => match error.code.map(|c| -c.get()) {
+                None | Some(libc::ENOENT) => Ok(None),
+                Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            },
+            _ => Ok(None),
         }
     }
 }
