@@ -564,8 +564,44 @@ impl Cluster {
             if !waiting.is_empty() {
                 bail!("{first_name} could not reach {}", waiting.join(", "));
             }
+            // `global` then connects the others to each other, as it would in a real cluster:
+            // done when every node sees every other (unless the nodes run without it).
+            let connect_all = !first
+                .launch
+                .args
+                .windows(2)
+                .any(|w| w[0] == "-connect_all" && w[1] == "false");
+            if connect_all {
+                self.wait_meshed(first, &members)?;
+            }
         }
         Ok(())
+    }
+
+    /// Waits until each of `members` sees all the others in its `nodes()`, asked from `first`.
+    fn wait_meshed(&self, first: &Pod, members: &[&Pod]) -> anyhow::Result<()> {
+        let names = members
+            .iter()
+            .filter_map(|p| p.node_name.as_deref())
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let short = format!(
+            "Ns = [{names}], \
+             [N || {{N, R}} <- lists:zip(Ns, erpc:multicall(Ns, erlang, nodes, [], 5000)), \
+                   element(1, R) =/= ok orelse length(element(2, R)) < length(Ns) - 1]"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = first.eval_within(&short, 20_000)?;
+            if answer == "[]" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the nodes {answer} do not see all their peers after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Deletes the pod and creates it again with a new IP, as a StatefulSet does when a pod is
