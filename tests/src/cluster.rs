@@ -297,7 +297,7 @@ impl Cluster {
         for secret in manifest.secrets.clone() {
             cluster.emulator.apply_secret(secret);
         }
-        cluster.mesh()?;
+        cluster.mesh(true)?;
         Ok(cluster)
     }
 
@@ -513,8 +513,11 @@ impl Cluster {
         Ok(sidecars)
     }
 
-    /// Connects every workload's pod nodes to each other, as a clustered release does.
-    fn mesh(&self) -> anyhow::Result<()> {
+    /// Connects every workload's pod nodes to each other, as a clustered release does; with
+    /// `settled`, returns once every node sees every other (a cluster as it stands after its
+    /// start), else once each reaches the first (`global` meshes the rest in its own time: a
+    /// pod restarted beside one whose epmd is stopped, say, may never reach that one).
+    fn mesh(&self, settled: bool) -> anyhow::Result<()> {
         for (_, workload) in self.manifest.workloads() {
             let members: Vec<&Pod> = self
                 .pods
@@ -571,7 +574,7 @@ impl Cluster {
                 .args
                 .windows(2)
                 .any(|w| w[0] == "-connect_all" && w[1] == "false");
-            if connect_all {
+            if settled && connect_all {
                 self.wait_meshed(first, &members)?;
             }
         }
@@ -622,7 +625,7 @@ impl Cluster {
         desc.restarts += 1;
         self.emulator.apply_pod(desc.clone());
         self.start_pod(desc)?;
-        self.mesh()?;
+        self.mesh(false)?;
         Ok(self.pod(name).ip())
     }
 
@@ -670,7 +673,7 @@ impl Cluster {
                 w.replicas = replicas;
             }
         }
-        self.mesh()
+        self.mesh(false)
     }
 
     /// Restarts the pod's Erlang container as the kubelet does after a crash: its node (and
@@ -707,7 +710,7 @@ impl Cluster {
         pod.desc.ready = true;
         self.emulator.apply_pod(pod.desc.clone());
         pod.ready_since = Instant::now();
-        self.mesh()
+        self.mesh(false)
     }
 
     /// Shows the pod's Erlang container as restarted (its restart count goes up) without
