@@ -12,7 +12,7 @@ use tokio::io::AsyncBufReadExt as _;
 use crate::bridge::BridgedNode;
 use crate::cli::{BridgeArgs, EvalArgs, exit};
 use crate::discover::Target;
-use crate::local::{Interrupt, LocalNode, outcome, require_erl, run_beside};
+use crate::local::{Interrupt, LocalNode, outcome, require_erl, run_beside, spawn};
 use crate::output::{self, Event, Failure, Output};
 use crate::up::{Up, bring_up};
 
@@ -93,11 +93,11 @@ pub async fn run(args: EvalArgs) -> Result<u8, Failure> {
         ("EB_TIMEOUT", millis.to_string()),
         ("EB_ELIXIR", if elixir { "1" } else { "0" }.to_owned()),
     ];
-    let mut child = local
-        .script(SCRIPT, &env)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| Failure::new(exit::OTHER, "local", format!("cannot start erl: {e}")))?;
+    let mut child = spawn(
+        local
+            .script(SCRIPT, &env)
+            .stdout(std::process::Stdio::piped()),
+    )?;
     let stdout = child.stdout.take();
     let lines = tokio::spawn(async move {
         let mut answers = Vec::new();

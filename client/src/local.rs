@@ -122,6 +122,12 @@ pub fn shell_code(status: std::process::ExitStatus) -> u8 {
     }
 }
 
+/// Starts the local node `cmd` runs (erl), or says why it could not.
+pub fn spawn(cmd: &mut Command) -> Result<Child, Failure> {
+    cmd.spawn()
+        .map_err(|e| Failure::new(exit::OTHER, "local", format!("cannot start erl: {e}")))
+}
+
 /// The local node's name: `--name` (with 127.0.0.1 as its host when it names none), else
 /// `PREFIX-PID@127.0.0.1`, unique to this run.
 pub fn name(options: &BridgeOptions, prefix: &str) -> String {

@@ -6,7 +6,7 @@
 //! node, each missing one a clear failure with its fix. Closing the window ends the bridge.
 
 use crate::cli::{ObserverArgs, exit};
-use crate::local::{Interrupt, outcome, run_beside};
+use crate::local::{Interrupt, outcome, run_beside, spawn};
 use crate::look::{Looking, one_node};
 use crate::output::{Failure, Output};
 
@@ -50,11 +50,11 @@ pub async fn run(args: ObserverArgs) -> Result<u8, Failure> {
             ready.mode
         );
     }
-    let child = local
-        .script(SCRIPT, &[("EB_NODE", node.node.clone())])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| Failure::new(exit::OTHER, "local", format!("cannot start erl: {e}")))?;
+    let child = spawn(
+        local
+            .script(SCRIPT, &[("EB_NODE", node.node.clone())])
+            .stdout(std::process::Stdio::null()),
+    )?;
     let code = run_beside(
         &mut bridge,
         output,

@@ -4,7 +4,7 @@
 //! the terminal is restored and the bridge ends.
 
 use crate::cli::{TopArgs, exit};
-use crate::local::{Interrupt, outcome, run_beside};
+use crate::local::{Interrupt, outcome, run_beside, spawn};
 use crate::look::{Looking, one_node};
 use crate::output::{Failure, Output};
 use crate::terminal::{TerminalGuard, key};
@@ -47,10 +47,7 @@ pub async fn run(args: TopArgs) -> Result<u8, Failure> {
         ("EB_INTERVAL", args.interval.to_string()),
         ("EB_LINES", args.lines.to_string()),
     ];
-    let child = local
-        .script(SCRIPT, &env)
-        .spawn()
-        .map_err(|e| Failure::new(exit::OTHER, "local", format!("cannot start erl: {e}")))?;
+    let child = spawn(&mut local.script(SCRIPT, &env))?;
     let code = run_beside(&mut bridge, output, child, Interrupt::Both, key(b'q')).await;
     drop(terminal);
     outcome(code, &node.node)

@@ -254,6 +254,17 @@ impl Workstation {
         crate::erlang::parse_result(&out).map_err(|e| anyhow::anyhow!("{e} (stderr: {err})"))
     }
 
+    /// The command lines of every process in the workstation, as `ps` shows them to any
+    /// local user.
+    pub fn command_lines(&self) -> Vec<String> {
+        self.ns
+            .pids()
+            .into_iter()
+            .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+            .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+            .collect()
+    }
+
     /// The helper's table as `nft` prints it, or `None` when there is no such table.
     pub fn helper_table(&self) -> Option<String> {
         self.ns

@@ -39,16 +39,6 @@ fn node(s: &Scenario, pod: &str) -> String {
     format!("{alive}@{}", s.cluster.pod(pod).ip())
 }
 
-/// The command lines of every process on the workstation.
-fn command_lines(s: &Scenario) -> Vec<String> {
-    s.ws.ns
-        .pids()
-        .into_iter()
-        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
-        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
-        .collect()
-}
-
 /// `erlbridge SUB ARGS` as the user with `env` set, started.
 fn start(s: &Scenario, env: &[String], sub: &str, args: &[&str]) -> Spawned {
     let mut argv: Vec<String> = vec!["env".into()];
@@ -135,7 +125,7 @@ fn observer_shows_the_pods_node_and_closing_it_ends_the_bridge() {
         assert!(Instant::now() < deadline, "no sys_info call on the pod");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let lines = command_lines(&s);
+    let lines = s.ws.command_lines();
     assert!(
         lines.iter().all(|l| !l.contains(COOKIE)),
         "the cookie is on a command line: {lines:?}"
@@ -394,7 +384,7 @@ fn eval_runs_on_every_node_and_says_which_raised_or_timed_out() {
     // Once its local node runs (its name holds "eval-"), no command line holds the cookie.
     let deadline = Instant::now() + Duration::from_secs(30);
     let lines = loop {
-        let lines = command_lines(&s);
+        let lines = s.ws.command_lines();
         if lines
             .iter()
             .any(|l| l.contains("beam") && l.contains("eval-"))

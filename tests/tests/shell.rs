@@ -28,16 +28,6 @@ fn node(s: &Scenario, pod: &str) -> String {
     format!("{alive}@{}", s.cluster.pod(pod).ip())
 }
 
-/// The command lines of every process on the workstation.
-fn command_lines(s: &Scenario) -> Vec<String> {
-    s.ws.ns
-        .pids()
-        .into_iter()
-        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
-        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
-        .collect()
-}
-
 /// The pid of the workstation's process whose program name ends with `program` and whose
 /// arguments hold every one of `words`.
 fn pid_of(s: &Scenario, program: &str, words: &[&str]) -> i32 {
@@ -78,7 +68,7 @@ fn remsh_picks_the_shell_the_pod_runs_and_keeps_the_cookie_off_every_command_lin
         "up's line is not remsh's: {screen}"
     );
     assert!(screen.contains("stop the POD's node"), "{screen}");
-    let lines = command_lines(&s);
+    let lines = s.ws.command_lines();
     assert!(lines.iter().any(|l| l.contains("beam")), "{lines:?}");
     assert!(
         lines.iter().all(|l| !l.contains(COOKIE)),
@@ -97,7 +87,7 @@ fn remsh_picks_the_shell_the_pod_runs_and_keeps_the_cookie_off_every_command_lin
     let term = Terminal::start(&s.ws, &s.user, &[], &argv);
     term.wait_for(&format!("iex({ex})1>"));
     assert!(term.screen().contains(&format!("attaching iex to {ex}")));
-    let lines = command_lines(&s);
+    let lines = s.ws.command_lines();
     assert!(
         lines.iter().all(|l| !l.contains(COOKIE)),
         "the cookie is on a command line: {lines:?}"
