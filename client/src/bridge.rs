@@ -216,9 +216,8 @@ struct Attached {
 impl Bridge {
     /// Bridges every ready pod of the watch's first snapshot, [`attach::parallel`] at a time,
     /// telling `progress` after each (and every quarter of a second); returns once each is
-    /// reachable. A pod that cannot be
-    /// bridged fails the whole bridge, which then leaves nothing behind (the attaches still in
-    /// flight stop, their listeners close).
+    /// reachable. A pod that cannot be bridged fails the whole bridge, which then leaves
+    /// nothing behind (the attaches still in flight stop, their listeners close).
     pub async fn up(
         kube: Kube,
         watch: PodWatch,
