@@ -148,6 +148,22 @@ fn observer_shows_the_pods_node_and_closing_it_ends_the_bridge() {
         .expect("stop counting");
 }
 
+/// `erlbridge top ARGS` in a terminal, through a shell that runs `prelude` first and, once
+/// top ended, writes its exit code and `stty -a` to `ended`.
+fn top_in_terminal(s: &Scenario, args: &[&str], ended: &Path, prelude: &str) -> Terminal {
+    let top = s
+        .erlbridge("top", args)
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let script = format!(
+        "{prelude}{top}; echo \"exit $?\" > {ended}; stty -a >> {ended}",
+        ended = ended.display()
+    );
+    Terminal::start(&s.ws, &s.user, &[], &["sh".into(), "-c".into(), script])
+}
+
 #[test]
 fn top_shows_the_busiest_process_without_tracing_and_q_leaves_a_sane_terminal() {
     let s = Scenario::start(MANIFEST, 61201);
@@ -161,17 +177,7 @@ fn top_shows_the_busiest_process_without_tracing_and_q_leaves_a_sane_terminal() 
     .expect("a busy process on the pod");
     let home = s.ws.home(&s.user).expect("home");
     let ended = home.join("top-ended.txt");
-    let top = s
-        .erlbridge("top", &["app-0", "--interval", "1"])
-        .iter()
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let script = format!(
-        "{top}; echo \"exit $?\" > {ended}; stty -a >> {ended}",
-        ended = ended.display()
-    );
-    let term = Terminal::start(&s.ws, &s.user, &[], &["sh".into(), "-c".into(), script]);
+    let term = top_in_terminal(&s, &["app-0", "--interval", "1"], &ended, "");
     term.wait_for("eb_busy");
     // The last refresh on screen: the busy process heads the list.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -210,18 +216,9 @@ fn top_shows_the_busiest_process_without_tracing_and_q_leaves_a_sane_terminal() 
     // sane again.
     let app1 = node(&s, "app-1");
     std::fs::remove_file(&ended).expect("rm");
-    let top = s
-        .erlbridge("top", &["sts/app", "--pod", "app-1", "--sort", "memory"])
-        .iter()
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(" ");
     // (The shell goes on after an interrupted command only with a trap of its own.)
-    let script = format!(
-        "trap true INT; {top}; echo \"exit $?\" > {ended}; stty -a >> {ended}",
-        ended = ended.display()
-    );
-    let term = Terminal::start(&s.ws, &s.user, &[], &["sh".into(), "-c".into(), script]);
+    let args = ["sts/app", "--pod", "app-1", "--sort", "memory"];
+    let term = top_in_terminal(&s, &args, &ended, "trap true INT; ");
     term.wait_for(&format!("'{app1}'"));
     assert!(term.screen().contains("(pod app-1)"), "{}", term.screen());
     term.keys(&["C-c"]);

@@ -120,11 +120,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Cmd::Listen { addr } => {
-            let listener = tokio::net::TcpListener::bind(&addr).await?;
-            println!(
-                "{}",
-                json!({"listening": listener.local_addr()?.to_string()})
-            );
+            let listener = listen(&addr).await?;
             loop {
                 let (mut conn, _) = listener.accept().await?;
                 let greeting = format!("hello from {addr}\n");
@@ -134,11 +130,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Sink { addr } => {
-            let listener = tokio::net::TcpListener::bind(&addr).await?;
-            println!(
-                "{}",
-                json!({"listening": listener.local_addr()?.to_string()})
-            );
+            let listener = listen(&addr).await?;
             loop {
                 let (mut conn, _) = listener.accept().await?;
                 conn.set_nodelay(true)?;
@@ -163,11 +155,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Relay { addr, to } => {
-            let listener = tokio::net::TcpListener::bind(&addr).await?;
-            println!(
-                "{}",
-                json!({"listening": listener.local_addr()?.to_string()})
-            );
+            let listener = listen(&addr).await?;
             loop {
                 let (mut conn, _) = listener.accept().await?;
                 let to = to.clone();
@@ -545,6 +533,16 @@ fn split_addr(text: &str) -> (String, u32) {
         ),
         None => (text.to_owned(), 0),
     }
+}
+
+/// Binds `addr` and prints where it listens.
+async fn listen(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!(
+        "{}",
+        json!({"listening": listener.local_addr()?.to_string()})
+    );
+    Ok(listener)
 }
 
 /// Bytes from hex text (`00016e`).
